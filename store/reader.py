@@ -1,0 +1,230 @@
+"""Reading finished videos: only what a manifest line vouches for is visible.
+
+Temp groups (dot-prefixed) and folders without a manifest line are never returned, so a
+crashed or running writer cannot leak half a video into training.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from .errors import NOT_APPLICABLE, InputError
+
+EXTRACTOR_JSON = "extractor.json"
+MANIFEST = "manifest.jsonl"
+ERRORS = "errors.jsonl"
+
+
+def features_dir(root) -> Path:
+    return Path(root) / "features"
+
+
+def key_dir(root, extractor: str, key: str) -> Path:
+    return features_dir(root) / extractor / key
+
+
+def read_jsonl(path) -> list[dict]:
+    """Every whole line; a torn line (a crash mid-append) is skipped with a warning, never fatal."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    rows = []
+    for lineno, line in enumerate(raw.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            warnings.warn(f"{path}:{lineno}: skipping an unreadable line (torn write?)", stacklevel=2)
+            continue
+        rows.append(row)
+    return rows
+
+
+def _last_per_id(rows: list[dict]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for row in rows:
+        if isinstance(row.get("video_id"), str):
+            out[row["video_id"]] = row
+    return out
+
+
+def read_provenance(path) -> dict:
+    return json.loads((Path(path) / EXTRACTOR_JSON).read_text())
+
+
+def _key_folders(root):
+    base = features_dir(root)
+    if not base.is_dir():
+        return
+    for ext_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for kdir in sorted(p for p in ext_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            yield ext_dir.name, kdir
+
+
+def disk_bytes(path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def key_counts(path) -> dict:
+    """done / failed / not-applicable per video id; a later success overrides an earlier failure."""
+    done = _last_per_id(read_jsonl(Path(path) / MANIFEST))
+    errors = {v: r for v, r in _last_per_id(read_jsonl(Path(path) / ERRORS)).items() if v not in done}
+    n_na = sum(1 for r in errors.values() if _is_not_applicable(r))
+    frames = sum(int(r.get("frames", 0)) for r in done.values())
+    return {"n_done": len(done), "n_failed": len(errors) - n_na, "n_not_applicable": n_na, "frames": frames}
+
+
+def _is_not_applicable(row: dict) -> bool:
+    return bool(row.get("not_applicable")) or row.get("reason") in NOT_APPLICABLE
+
+
+def list_keys(root) -> list[dict]:
+    out = []
+    for extractor, kdir in _key_folders(root):
+        if not (kdir / EXTRACTOR_JSON).is_file():
+            continue
+        try:
+            provenance = read_provenance(kdir)
+        except ValueError:
+            provenance = None
+        counts = key_counts(kdir)
+        out.append({"extractor": extractor, "key": kdir.name, "path": str(kdir), "provenance": provenance,
+                    "n_done": counts["n_done"], "n_failed": counts["n_failed"],
+                    "n_not_applicable": counts["n_not_applicable"], "frames": counts["frames"],
+                    "bytes": disk_bytes(kdir)})
+    return out
+
+
+def resolve_key(root, extractor: str, key: str | None = None) -> str:
+    """The key to read: the one given (it must exist) or the only one the extractor has."""
+    ext_dir = features_dir(root) / extractor
+    keys = sorted(k.name for e, k in _key_folders(root) if e == extractor and (k / EXTRACTOR_JSON).is_file())
+    if key is not None:
+        if key in keys:
+            return key
+        raise InputError(ext_dir / key, "missing_key", f"no feature key {key!r} for extractor {extractor!r}"
+                         f" (have: {', '.join(keys) or 'none'})",
+                         fix=f"run `emocache features` for {extractor} or pick one of the listed keys")
+    if len(keys) == 1:
+        return keys[0]
+    if not keys:
+        raise InputError(ext_dir, "missing_key", f"no features computed for extractor {extractor!r}",
+                         fix=f"run `emocache features` with extractor {extractor}")
+    raise InputError(ext_dir, "ambiguous_key", f"extractor {extractor!r} has {len(keys)} keys: {', '.join(keys)}",
+                     fix="name the key explicitly")
+
+
+def manifest_rows(root, extractor, key) -> list[dict]:
+    return list(_last_per_id(read_jsonl(key_dir(root, extractor, key) / MANIFEST)).values())
+
+
+def error_rows(root, extractor, key) -> list[dict]:
+    return read_jsonl(key_dir(root, extractor, key) / ERRORS)
+
+
+def _manifest_index(root, extractor, key) -> dict[str, dict]:
+    kdir = key_dir(root, extractor, key)
+    if not (kdir / EXTRACTOR_JSON).is_file():
+        resolve_key(root, extractor, key)  # raises the clear missing_key error
+    return _last_per_id(read_jsonl(kdir / MANIFEST))
+
+
+def _missing_video(root, extractor, key, video_id) -> InputError:
+    return InputError(key_dir(root, extractor, key) / str(video_id), "missing_video",
+                      f"video {video_id!r} is not finished in {extractor}/{key}",
+                      fix="featurize it first (`emocache features`) or drop it from the list")
+
+
+def _open_arrays(vdir: Path, names) -> dict:
+    group = zarr.open_group(str(vdir), mode="r")
+    have = sorted(group.array_keys())
+    names = have if names is None else list(names)
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise InputError(vdir, "missing_video", f"no array(s) {missing} (has: {have})",
+                         fix="ask only for arrays this extractor writes")
+    return group, {n: group[n] for n in names}
+
+
+def read_video(root, extractor, key, video_id, arrays=None) -> tuple[dict[str, np.ndarray], dict]:
+    index = _manifest_index(root, extractor, key)
+    if video_id not in index:
+        raise _missing_video(root, extractor, key, video_id)
+    group, handles = _open_arrays(key_dir(root, extractor, key) / video_id, arrays)
+    return {n: a[...] for n, a in handles.items()}, dict(group.attrs)
+
+
+@dataclass
+class Concat:
+    """One contiguous array per name, so training windows come from RAM, not from Zarr."""
+    arrays: dict[str, np.ndarray]
+    offsets: np.ndarray
+    video_ids: list[str]
+    attrs: list[dict] = field(default_factory=list)
+
+    def slice(self, i_or_id) -> dict[str, np.ndarray]:
+        i = self.video_ids.index(i_or_id) if isinstance(i_or_id, str) else int(i_or_id)
+        lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+        return {n: a[lo:hi] for n, a in self.arrays.items()}
+
+
+def _layout(index, video_ids, names, where) -> tuple[np.ndarray, dict]:
+    """Offsets and (dtype, trailing shape) per array, from manifest lines alone (no Zarr opens)."""
+    lengths, specs = [], {}
+    for vid in video_ids:
+        row = index[vid]
+        lengths.append(int(row["frames"]))
+        recorded = row.get("arrays", {})
+        for n in names:
+            if n not in recorded:
+                raise InputError(where / vid, "missing_video", f"video has no array {n!r}",
+                                 fix="ask only for arrays this extractor writes")
+            shape, dtype = recorded[n]
+            spec = (np.dtype(dtype), tuple(shape[1:]))
+            if specs.setdefault(n, spec) != spec:
+                raise ValueError(f"{where}: array {n!r} of {vid!r} is {spec}, others are {specs[n]}")
+    offsets = np.zeros(len(video_ids) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets, specs
+
+
+def read_concat(root, extractor, key, video_ids, arrays=("data", "mask", "t")) -> Concat:
+    """Each array of each video is read whole, once, straight into a preallocated result."""
+    video_ids, names = list(video_ids), list(arrays)
+    index = _manifest_index(root, extractor, key)
+    for vid in video_ids:
+        if vid not in index:
+            raise _missing_video(root, extractor, key, vid)
+    kdir = key_dir(root, extractor, key)
+    offsets, specs = _layout(index, video_ids, names, kdir)
+    total = int(offsets[-1])
+    out = {n: np.empty((total,) + specs[n][1], dtype=specs[n][0]) for n in names}
+    attrs = []
+    for i, vid in enumerate(video_ids):
+        group, handles = _open_arrays(kdir / vid, names)
+        lo, hi = int(offsets[i]), int(offsets[i + 1])
+        for n, handle in handles.items():
+            if handle.shape[0] != hi - lo:
+                raise ValueError(f"{kdir / vid}/{n}: {handle.shape[0]} frames, manifest says {hi - lo}"
+                                 " (run `emocache verify`)")
+            out[n][lo:hi] = handle[...]
+        attrs.append(dict(group.attrs))
+    return Concat(arrays=out, offsets=offsets, video_ids=video_ids, attrs=attrs)

@@ -1,0 +1,323 @@
+"""Atomic, streaming writes into the store.
+
+A video is written into a dot-prefixed temp group, renamed into place, and only then
+announced by a manifest line. Readers trust the manifest, so a crash at any step leaves
+nothing visible, and a re-run cleans up and rewrites.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from .errors import NOT_APPLICABLE, InputError
+from .keys import canonical_json, is_safe_name, key_from_provenance
+from .reader import (ERRORS, EXTRACTOR_JSON, MANIFEST, _is_not_applicable, _last_per_id, key_dir,
+                     read_jsonl)
+
+TEMP_PREFIX = ".tmp-"
+_TEMP_NAME = re.compile(r"\.tmp-(.+)-([0-9a-f]{8})")
+CORE_MANIFEST_FIELDS = ("video_id", "frames", "arrays")
+
+
+def temp_owner(name: str) -> str | None:
+    """The video id a temp folder belongs to (None if the name is not a temp folder)."""
+    match = _TEMP_NAME.fullmatch(name)
+    return match.group(1) if match else None
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def to_jsonable(obj):
+    """Attrs and manifest fields go through JSON, never pickle: numpy scalars become plain numbers."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def append_jsonl(path, row: dict) -> None:
+    """One whole line per call, under an exclusive lock, so concurrent writers never interleave.
+
+    If an earlier writer died mid-line, the torn fragment is closed with a newline first, so
+    this line stays readable on its own.
+    """
+    data = (json.dumps(row, ensure_ascii=True, default=_json_default) + "\n").encode("ascii")
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _check_name(kind: str, name: str, where) -> None:
+    if not is_safe_name(name):
+        raise InputError(where, "bad_id", f"{kind} {name!r} is not a safe folder name",
+                         fix="pass it through store.sanitize_id and keep the original as original_id")
+
+
+class FeatureStore:
+    """Entry point for writers: one store root, many extractor keys."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def key(self, extractor: str, key: str, provenance: dict) -> "KeyHandle":
+        _check_name("extractor", extractor, self.root)
+        _check_name("key", key, self.root)
+        claimed = key_from_provenance(provenance)
+        if claimed != key:
+            raise ValueError(f"provenance hashes to {claimed!r}, not {key!r}: build both with make_key")
+        path = key_dir(self.root, extractor, key)
+        path.mkdir(parents=True, exist_ok=True)
+        self._ensure_provenance(path / EXTRACTOR_JSON, provenance)
+        return KeyHandle(extractor, key, path)
+
+    @staticmethod
+    def _ensure_provenance(target: Path, provenance: dict) -> None:
+        """Create-if-absent via link(): two processes racing on one key cannot overwrite each other."""
+        text = canonical_json(to_jsonable(provenance))
+        if not target.exists():
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
+            tmp.write_text(text)
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        try:
+            existing = canonical_json(json.loads(target.read_text()))
+        except ValueError as exc:
+            raise InputError(target, "key_conflict", f"unreadable provenance ({exc})",
+                             fix="move the key folder away and recompute it") from exc
+        if existing != text:
+            raise InputError(target, "key_conflict",
+                             "this key already holds features made with a different provenance",
+                             fix="check the extractor's make_key inputs; never reuse a key for new settings")
+
+    def _dataset_path(self, name: str) -> Path:
+        _check_name("dataset name", name, self.root)
+        return self.root / "datasets" / name / "manifest.jsonl"
+
+    def write_dataset_manifest(self, name: str, rows: list[dict]) -> Path:
+        path = self._dataset_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = "".join(json.dumps(r, ensure_ascii=True, default=_json_default) + "\n" for r in rows)
+        _atomic_write_text(path, body)
+        return path
+
+    def read_dataset_manifest(self, name: str) -> list[dict]:
+        path = self._dataset_path(name)
+        if not path.is_file():
+            raise InputError(path, "missing_file", f"no dataset manifest for {name!r}",
+                             fix="build it first (`emocache dataset ...`)")
+        return read_jsonl(path)
+
+
+class KeyHandle:
+    """One extractor key: the place where videos are begun, committed and failures recorded."""
+
+    def __init__(self, extractor: str, key: str, path: Path):
+        self.extractor, self.key, self.path = extractor, key, Path(path)
+
+    def __repr__(self):
+        return f"KeyHandle({self.extractor!r}, {self.key!r}, {str(self.path)!r})"
+
+    def done_ids(self) -> set[str]:
+        return set(_last_per_id(read_jsonl(self.path / MANIFEST)))
+
+    def status(self, video_id):
+        if video_id in self.done_ids():
+            return "done"
+        row = _last_per_id(read_jsonl(self.path / ERRORS)).get(video_id)
+        if row is None:
+            return None
+        return "not_applicable" if _is_not_applicable(row) else "failed"
+
+    def begin_video(self, video_id: str, original_id: str | None = None,
+                    chunk_frames: int = 512) -> "VideoWriter":
+        """Clears what a crashed run of this video left behind; a done video is never touched."""
+        _check_name("video id", video_id, self.path)
+        if int(chunk_frames) < 1:
+            raise ValueError("chunk_frames must be >= 1")
+        if video_id in self.done_ids():
+            raise FileExistsError(f"{self.path / video_id}: already done (its manifest line exists); "
+                                  "check status() before begin_video()")
+        self._remove_leftovers(video_id)
+        temp = self.path / f"{TEMP_PREFIX}{video_id}-{uuid.uuid4().hex[:8]}"
+        return VideoWriter(self, video_id, original_id, temp, int(chunk_frames))
+
+    def _remove_leftovers(self, video_id: str) -> None:
+        final = self.path / video_id
+        if final.exists():  # renamed but never announced: a crash between rename and manifest
+            shutil.rmtree(final)
+        for entry in self.path.iterdir():
+            if temp_owner(entry.name) == video_id:
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def record_error(self, video_id, reason, message, original_id=None) -> None:
+        append_jsonl(self.path / ERRORS, {
+            "video_id": video_id, "original_id": original_id if original_id is not None else video_id,
+            "reason": reason, "message": str(message), "not_applicable": reason in NOT_APPLICABLE,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+
+    def _announce(self, row: dict) -> None:
+        append_jsonl(self.path / MANIFEST, row)
+
+
+class VideoWriter:
+    """Streams one video's arrays to disk a time-chunk at a time; memory stays at one chunk per array."""
+
+    def __init__(self, handle: KeyHandle, video_id: str, original_id, temp: Path, chunk_frames: int):
+        self.handle, self.video_id, self.temp, self.chunk = handle, video_id, temp, chunk_frames
+        self.original_id = original_id if original_id is not None else video_id
+        self.attrs: dict = {"original_id": self.original_id}
+        self._group = zarr.open_group(str(temp), mode="w")
+        self._arrays: dict[str, zarr.Array] = {}
+        self._buffers: dict[str, np.ndarray] = {}
+        self._fill = 0          # frames waiting in the buffers
+        self._written = 0       # frames already on disk
+        self._started = time.monotonic()
+        self._closed = False
+
+    @property
+    def frames(self) -> int:
+        return self._written + self._fill
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if not self._closed:
+            self.abort()
+        return False
+
+    def _check_open(self):
+        if self._closed:
+            raise RuntimeError(f"writer for {self.video_id!r} is already committed or aborted")
+
+    def _create(self, arrays: dict[str, np.ndarray]) -> None:
+        for name, arr in arrays.items():
+            _check_name("array name", name, self.temp)
+            if arr.ndim < 1:
+                raise ValueError(f"array {name!r} needs a time axis (got a scalar)")
+            trailing = arr.shape[1:]
+            self._arrays[name] = self._group.create_array(
+                name, shape=(0,) + trailing, chunks=(self.chunk,) + trailing, dtype=arr.dtype,
+                config={"write_empty_chunks": True})  # every chunk on disk: a missing file means damage
+            self._buffers[name] = np.empty((self.chunk,) + trailing, dtype=arr.dtype)
+
+    def _coerce(self, arrays: dict) -> tuple[dict[str, np.ndarray], int]:
+        if not arrays:
+            raise ValueError("append() needs at least one array")
+        arrays = {n: np.asarray(a) for n, a in arrays.items()}
+        if self._arrays and set(arrays) != set(self._arrays):
+            raise ValueError(f"append() got arrays {sorted(arrays)}, the first append had {sorted(self._arrays)}")
+        lengths = {n: (a.shape[0] if a.ndim else None) for n, a in arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"arrays differ in length along time: {lengths}")
+        if not self._arrays:
+            self._create(arrays)
+        out = {}
+        for name, arr in arrays.items():
+            buf = self._buffers[name]
+            if arr.shape[1:] != buf.shape[1:]:
+                raise ValueError(f"array {name!r}: trailing shape {arr.shape[1:]} != first {buf.shape[1:]}")
+            if arr.dtype != buf.dtype and not np.can_cast(arr.dtype, buf.dtype, "same_kind"):
+                raise ValueError(f"array {name!r}: dtype {arr.dtype} cannot become {buf.dtype}")
+            out[name] = arr
+        return out, next(iter(lengths.values()))
+
+    def append(self, arrays: dict[str, np.ndarray]) -> None:
+        """Fill the one-chunk buffers; whole chunks go straight to disk, in chunk-aligned writes."""
+        self._check_open()
+        arrays, n = self._coerce(arrays)
+        i = 0
+        while i < n:
+            if self._fill == 0 and n - i >= self.chunk:
+                whole = (n - i) // self.chunk * self.chunk
+                self._write({k: a[i:i + whole] for k, a in arrays.items()}, whole)
+                i += whole
+                continue
+            m = min(self.chunk - self._fill, n - i)
+            for k, a in arrays.items():
+                self._buffers[k][self._fill:self._fill + m] = a[i:i + m]
+            self._fill += m
+            i += m
+            if self._fill == self.chunk:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self._fill:
+            self._write({k: b[:self._fill] for k, b in self._buffers.items()}, self._fill)
+            self._fill = 0
+
+    def _write(self, slabs: dict[str, np.ndarray], n: int) -> None:
+        lo, hi = self._written, self._written + n
+        for name, arr in self._arrays.items():
+            arr.resize((hi,) + arr.shape[1:])
+            arr[lo:hi] = slabs[name]
+        self._written = hi
+
+    def _manifest_line(self, extra: dict | None) -> dict:
+        extra = to_jsonable(extra or {})
+        clash = [f for f in CORE_MANIFEST_FIELDS if f in extra]
+        if clash:
+            raise ValueError(f"manifest extras may not set {clash}: the writer records them")
+        arrays = {n: [[self.frames, *a.shape[1:]], str(a.dtype)] for n, a in self._arrays.items()}
+        line = {"video_id": self.video_id, "original_id": self.original_id, "frames": self.frames,
+                "arrays": arrays, "seconds": round(time.monotonic() - self._started, 3)}
+        line.update(extra)
+        return line
+
+    def commit(self, manifest: dict | None = None) -> dict:
+        """Flush, attrs, rename into place, then the manifest line: the line is what makes it done."""
+        self._check_open()
+        if not self._arrays:
+            raise ValueError(f"nothing was appended for video {self.video_id!r}: append at least once "
+                             "(zero frames is fine) so the store knows each array's dtype and shape")
+        line = self._manifest_line(manifest)
+        self._flush()
+        self._group.attrs.update(to_jsonable(self.attrs))
+        final = self.handle.path / self.video_id
+        os.rename(self.temp, final)
+        self._closed = True
+        self.handle._announce(line)
+        return line
+
+    def abort(self) -> None:
+        self._closed = True
+        self._buffers = {}
+        shutil.rmtree(self.temp, ignore_errors=True)
