@@ -1,0 +1,164 @@
+"""Fold assignment (written once per dataset, then reused) and CCC-centering of fold predictions.
+
+Why a file: a fold split that is recomputed on every run silently changes when a video is
+added or the code changes; a JSONL next to the dataset manifest is read back verbatim, so six
+ABAW2 fold runs started weeks apart hold out the same videos.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from store.errors import InputError
+
+SCHEMES = ("split", "abaw2", "kfold")
+
+
+@dataclass(frozen=True)
+class FoldSpec:
+    scheme: str = "split"   # split: the manifest's split column; abaw2: 5 train chunks + val; kfold
+    n: int = 5              # kfold only
+    seed: int = 0           # shuffling for abaw2 / kfold
+    by: str | None = None   # kfold: keep rows with the same value of this field ("group") together
+
+    def file_name(self) -> str:
+        if self.scheme == "split":
+            return "split.jsonl"
+        if self.scheme == "abaw2":
+            return f"abaw2-seed{self.seed}.jsonl"
+        return f"kfold{self.n}-seed{self.seed}" + (f"-by-{self.by}" if self.by else "") + ".jsonl"
+
+
+def assign(rows: list[dict], spec: FoldSpec) -> dict[str, object]:
+    """video_id -> fold (an int, or the split name for scheme "split")."""
+    ids = sorted(r["video_id"] for r in rows)
+    if len(set(ids)) != len(ids):
+        dup = [k for k, c in Counter(ids).items() if c > 1][:3]
+        raise InputError("<dataset manifest>", "duplicate_id", f"duplicate video ids {dup}")
+    rng = np.random.default_rng(spec.seed)
+    if spec.scheme == "split":
+        return {r["video_id"]: (r.get("split") or "train") for r in rows}
+    if spec.scheme == "abaw2":
+        # The reference: the training videos in 5 chunks (351 -> 70,70,70,70,71) and the
+        # original validation set as the sixth fold (index 5).
+        train = [r["video_id"] for r in sorted(rows, key=lambda r: r["video_id"])
+                 if (r.get("split") or "train") == "train"]
+        val = [r["video_id"] for r in rows if r.get("split") in ("val", "validation")]
+        train = [train[i] for i in rng.permutation(len(train))]
+        sizes = [len(train) // 5] * 5
+        for i in range(len(train) % 5):
+            sizes[4 - i] += 1                      # the remainder goes to the last chunks
+        out, pos = {}, 0
+        for f, size in enumerate(sizes):
+            for vid in train[pos:pos + size]:
+                out[vid] = f
+            pos += size
+        out.update({vid: 5 for vid in val})
+        return out
+    if spec.scheme == "kfold":
+        if spec.by:
+            groups = sorted({str(r.get(spec.by)) for r in rows})
+            order = [groups[i] for i in rng.permutation(len(groups))]
+            gfold = {g: i % spec.n for i, g in enumerate(order)}
+            return {r["video_id"]: gfold[str(r.get(spec.by))] for r in rows}
+        order = [ids[i] for i in rng.permutation(len(ids))]
+        return {vid: i % spec.n for i, vid in enumerate(order)}
+    raise InputError("<config>", "bad_labels", f"unknown fold scheme {spec.scheme!r}",
+                     fix=f"folds.scheme must be one of {', '.join(SCHEMES)}")
+
+
+def folds_path(store_root, dataset: str, spec: FoldSpec) -> Path:
+    return Path(store_root) / "datasets" / dataset / "folds" / spec.file_name()
+
+
+def load_or_create(store_root, dataset: str, rows: list[dict], spec: FoldSpec) -> dict[str, object]:
+    """The fold of every video, from the fold manifest (created atomically on first use).
+
+    A fold manifest that does not cover exactly the current videos stops with InputError
+    rather than being silently rewritten (that would move videos between folds mid-study).
+    """
+    path = folds_path(store_root, dataset, spec)
+    current = {r["video_id"] for r in rows}
+    if path.is_file():
+        folds = {}
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                folds[row["video_id"]] = row["fold"]
+        if set(folds) != current:
+            extra, missing = sorted(set(folds) - current), sorted(current - set(folds))
+            raise InputError(path, "bad_labels",
+                             f"fold manifest does not match dataset {dataset!r} "
+                             f"({len(missing)} videos not in it, e.g. {missing[:3]}; "
+                             f"{len(extra)} gone, e.g. {extra[:3]})",
+                             fix=f"delete {path} to re-assign folds (or use another folds.seed)")
+        return folds
+    folds = assign(rows, spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        for vid in sorted(folds):
+            f.write(json.dumps({"video_id": vid, "fold": folds[vid]}, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return folds
+
+
+def roles(folds: dict[str, object], test, val=None) -> dict[str, list[str]]:
+    """Split video ids into train / val / test given the held-out fold(s).
+
+    ``val`` None means: select the model on the test fold itself (what the ABAW2 reference
+    did with its validation set); the run records that, see train.py.
+    """
+    def norm(v):
+        return str(v)
+    test_s = norm(test)
+    val_s = norm(val) if val is not None else test_s
+    out = {"train": [], "val": [], "test": []}
+    present = {norm(f) for f in folds.values()}
+    for name, want in (("test", test_s), ("val", val_s)):
+        if want not in present:
+            raise InputError("<folds>", "bad_labels",
+                             f"{name} fold {want!r} does not exist (folds: {sorted(present)})",
+                             fix=f"set folds.{name} to one of {sorted(present)}")
+    for vid in sorted(folds):
+        f = norm(folds[vid])
+        if f == test_s:
+            out["test"].append(vid)
+        if f == val_s:
+            if f != test_s:
+                out["val"].append(vid)
+        if f not in (test_s, val_s):
+            out["train"].append(vid)
+    if val is None or val_s == test_s:
+        out["val"] = list(out["test"])
+    return out
+
+
+def ccc(x: np.ndarray, y: np.ndarray) -> float:
+    """Concordance correlation (population moments), as AVEC's gold-standard script."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    mx, my = x.mean(), y.mean()
+    cov = ((x - mx) * (y - my)).mean()
+    den = x.var() + y.var() + (mx - my) ** 2
+    return float(2 * cov / den) if den > 0 else 0.0
+
+
+def ccc_centering(preds: np.ndarray, clip: tuple[float, float] | None = (-1.0, 1.0)) -> np.ndarray:
+    """Merge fold predictions [n_folds, T] of one video and target into [T].
+
+    c_ij = CCC(Y_i, Y_j); a_i = mean_j c_ij; mu_i = mean_t Y_i; w = sum_i mu_i a_i / sum_i a_i;
+    out = mean_i (Y_i - mu_i + w), clipped. Folds that agree with the others pull the mean.
+    """
+    y = np.asarray(preds, np.float64)
+    k = y.shape[0]
+    c = np.array([[ccc(y[i], y[j]) for j in range(k)] for i in range(k)])
+    a = c.mean(axis=1)
+    mu = y.mean(axis=1)
+    w = float((mu * a).sum() / a.sum()) if abs(a.sum()) > 1e-12 else float(mu.mean())
+    out = (y - mu[:, None] + w).mean(axis=0)
+    return np.clip(out, *clip) if clip is not None else out

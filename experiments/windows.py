@@ -1,0 +1,138 @@
+"""Window and segment tables over contiguous per-video tensors (no store, no model).
+
+Why a table: reading random windows from Zarr runs ~700/s, from RAM ~50,000/s. So every
+video is loaded once into one contiguous tensor and a training window is just a row of an
+index tensor; a whole batch is gathered with one indexing op (on the GPU when there is one).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def window_starts(n: int, window: int = 300, hop: int = 200) -> list[int]:
+    """Starts of the windows of one video of ``n`` frames.
+
+    Regular windows every ``hop`` frames, plus one back-aligned window [n - window, n) when the
+    regular ones do not already end at ``n``; a video shorter than ``window`` is one (padded)
+    window at 0; an empty video has none.
+    """
+    if n <= 0:
+        return []
+    if n <= window:
+        return [0]
+    starts = list(range(0, n - window + 1, hop))
+    if starts[-1] + window < n:
+        starts.append(n - window)
+    return starts
+
+
+@dataclass
+class Table:
+    """One row per sample: which video, where it starts (frames, video-local) and how long."""
+    video: np.ndarray   # int64 [S] index into the video list
+    start: np.ndarray   # int64 [S]
+    length: np.ndarray  # int64 [S] valid frames (<= width); the rest is padding
+
+    def __len__(self) -> int:
+        return len(self.video)
+
+    def subset(self, idx) -> "Table":
+        idx = np.asarray(idx, dtype=np.int64)
+        return Table(self.video[idx], self.start[idx], self.length[idx])
+
+    def for_videos(self, videos) -> "Table":
+        """The rows of the given video indices (order of the table kept)."""
+        keep = np.isin(self.video, np.asarray(list(videos), dtype=np.int64))
+        return self.subset(np.flatnonzero(keep))
+
+
+def window_table(lengths, window: int = 300, hop: int = 200) -> Table:
+    """Windows of every video (``lengths`` frames each), see `window_starts`."""
+    vid, st, ln = [], [], []
+    for i, n in enumerate(int(x) for x in lengths):
+        for s in window_starts(n, window, hop):
+            vid.append(i)
+            st.append(s)
+            ln.append(min(window, n - s))
+    return _table(vid, st, ln)
+
+
+def clip_table(lengths, clip: int | None = None, hop: int | None = None, min_frames: int = 1) -> Table:
+    """Clip samples: the whole video (``clip`` None) or cuts of ``clip`` frames every ``hop``.
+
+    Unlike training windows, clips are samples with their own label, so there is no
+    back-aligned tail: a trailing remainder shorter than ``min_frames`` is dropped, a longer
+    one becomes a shorter clip.
+    """
+    vid, st, ln = [], [], []
+    for i, n in enumerate(int(x) for x in lengths):
+        if clip is None or n <= clip:
+            if n >= min_frames:
+                vid.append(i), st.append(0), ln.append(n)
+            continue
+        step = hop or clip
+        for s in range(0, n, step):
+            m = min(clip, n - s)
+            if m < min_frames:
+                break
+            vid.append(i), st.append(s), ln.append(m)
+            if s + clip >= n:
+                break
+    return _table(vid, st, ln)
+
+
+def _table(vid, st, ln) -> Table:
+    return Table(np.asarray(vid, dtype=np.int64), np.asarray(st, dtype=np.int64),
+                 np.asarray(ln, dtype=np.int64))
+
+
+def index_tensor(table: Table, offsets, width: int | None = None, device=None):
+    """[S, width] global frame indices into the contiguous tensor, and the [S, width] valid mask.
+
+    Padded positions point at the sample's first frame (any in-range index would do) and are
+    False in the mask; `gather` zeroes them so no real data leaks into padding.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    width = int(width if width is not None else (table.length.max() if len(table) else 0))
+    base = offsets[table.video] + table.start                      # [S]
+    ar = np.arange(width, dtype=np.int64)
+    valid = ar[None, :] < table.length[:, None]                      # [S, W]
+    idx = base[:, None] + np.where(valid, ar[None, :], 0)
+    return (torch.as_tensor(idx, device=device), torch.as_tensor(valid, device=device))
+
+
+def gather(x: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """x [N, ...] -> [S, W, ...] in one indexing op, padding zeroed."""
+    out = x[idx]
+    shape = valid.shape + (1,) * (out.dim() - valid.dim())
+    return out * valid.reshape(shape).to(out.dtype)
+
+
+def segment_bounds(n: int, n_segments: int) -> tuple[np.ndarray, np.ndarray]:
+    """Equal time spans: segment s covers [floor(s n / S), max(floor((s+1) n / S), start + 1)).
+
+    With n < S a frame is shared by several segments, so no segment is ever empty.
+    """
+    s = np.arange(n_segments, dtype=np.int64)
+    start = (s * n) // n_segments
+    end = np.maximum(((s + 1) * n) // n_segments, start + 1)
+    return np.minimum(start, max(n - 1, 0)), np.minimum(end, max(n, 1))
+
+
+def segment_pool(x: torch.Tensor, mask: torch.Tensor, n_segments: int = 16):
+    """One clip [T, D] with its frame mask [T] -> tokens [S, D] (mean of valid frames) and [S] mask.
+
+    A segment whose frames are all masked is zero and masked: never a silent zero that counts.
+    """
+    n = x.shape[0]
+    start, end = segment_bounds(n, n_segments)
+    t = torch.arange(n, device=x.device)
+    member = (t[None, :] >= torch.as_tensor(start, device=x.device)[:, None]) & \
+             (t[None, :] < torch.as_tensor(end, device=x.device)[:, None])          # [S, T]
+    w = (member & mask[None, :].bool()).to(x.dtype)
+    count = w.sum(1, keepdim=True)
+    tokens = (w @ x) / count.clamp(min=1)
+    return tokens, count[:, 0] > 0

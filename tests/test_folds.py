@@ -1,0 +1,85 @@
+"""Fold manifests (reproducible, reused) and CCC-centering merge."""
+import json
+
+import numpy as np
+import pytest
+
+from experiments.folds import FoldSpec, assign, ccc, ccc_centering, load_or_create, roles
+from store.errors import InputError
+
+
+def _rows(n_train=351, n_val=71):
+    rows = [{"video_id": f"tr{i:03d}", "split": "train", "group": f"g{i % 7}"} for i in range(n_train)]
+    rows += [{"video_id": f"va{i:03d}", "split": "val", "group": "gv"} for i in range(n_val)]
+    return rows
+
+
+def test_abaw2_scheme_chunk_sizes_and_validation_fold():
+    folds = assign(_rows(), FoldSpec("abaw2"))
+    sizes = [sum(1 for f in folds.values() if f == k) for k in range(6)]
+    assert sizes == [70, 70, 70, 70, 71, 71]
+    assert all(folds[f"va{i:03d}"] == 5 for i in range(71))
+
+
+def test_fold_manifest_written_once_reused_and_reproducible(tmp_path):
+    rows = _rows(40, 5)
+    spec = FoldSpec("kfold", n=4, seed=3)
+    a = load_or_create(tmp_path, "ds", rows, spec)
+    path = tmp_path / "datasets" / "ds" / "folds" / spec.file_name()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(lines) == 45 and {x["video_id"] for x in lines} == set(a)
+    # a fresh assignment in another store gives the same folds (seeded)
+    assert load_or_create(tmp_path / "other", "ds", rows, spec) == a
+    # the file wins over the code: edit it and the edit is what we read back
+    lines[0]["fold"] = 99
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert load_or_create(tmp_path, "ds", rows, spec)[lines[0]["video_id"]] == 99
+    # a changed dataset is an error with a fix, not a silent re-shuffle
+    with pytest.raises(InputError, match="delete"):
+        load_or_create(tmp_path, "ds", rows + [{"video_id": "new"}], spec)
+
+
+def test_grouped_kfold_keeps_groups_together():
+    folds = assign(_rows(40, 0), FoldSpec("kfold", n=3, by="group"))
+    by_group = {}
+    for r in _rows(40, 0):
+        by_group.setdefault(r["group"], set()).add(folds[r["video_id"]])
+    assert all(len(v) == 1 for v in by_group.values())
+
+
+def test_roles_exclude_test_and_val_from_train():
+    folds = {f"v{i}": i % 4 for i in range(12)}
+    r = roles(folds, test=0, val=1)
+    assert set(r["test"]) == {"v0", "v4", "v8"} and set(r["val"]) == {"v1", "v5", "v9"}
+    assert not set(r["train"]) & (set(r["test"]) | set(r["val"])) and len(r["train"]) == 6
+    r = roles(folds, test=2)
+    assert r["val"] == r["test"] and len(r["train"]) == 9
+    with pytest.raises(InputError):
+        roles(folds, test=7)
+
+
+def test_ccc_centering_matches_the_formula():
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 6, 200)
+    y = np.stack([0.5 * np.sin(t) + 0.1 * k + 0.05 * rng.standard_normal(200) for k in range(4)])
+    y[3] = 0.3 * rng.standard_normal(200) - 0.4           # a fold that disagrees
+    out = ccc_centering(y, clip=None)
+    # the formula, written out independently
+    def c(a, b):
+        return 2 * np.cov(a, b, bias=True)[0, 1] / (a.var() + b.var() + (a.mean() - b.mean()) ** 2)
+    a = np.array([np.mean([c(y[i], y[j]) for j in range(4)]) for i in range(4)])
+    mu = y.mean(1)
+    w = (mu * a).sum() / a.sum()
+    ref = np.mean([y[i] - mu[i] + w for i in range(4)], axis=0)
+    np.testing.assert_allclose(out, ref, rtol=1e-12)
+    # equivalently: the fold mean with its overall mean replaced by w
+    np.testing.assert_allclose(out, y.mean(0) - y.mean() + w, rtol=1e-12)
+    assert abs(w - mu[:3].mean()) < abs(mu.mean() - mu[:3].mean())   # the outlier fold counts less
+    assert ccc(y[0], y[0]) == pytest.approx(1.0)
+    clipped = ccc_centering(np.stack([np.full(5, 3.0), np.full(5, 2.0)]))
+    assert clipped.max() <= 1.0
+
+
+def test_ccc_centering_identical_folds_is_identity():
+    y = np.sin(np.linspace(0, 3, 50)) * 0.8
+    np.testing.assert_allclose(ccc_centering(np.stack([y, y, y])), y)

@@ -1,0 +1,66 @@
+"""Window / clip / segment tables and the one-op gather."""
+import numpy as np
+import torch
+
+from experiments.windows import (clip_table, gather, index_tensor, segment_bounds, segment_pool,
+                                 window_starts, window_table)
+
+
+def test_window_starts_regular_plus_back_aligned_tail():
+    assert window_starts(1000) == [0, 200, 400, 600, 700]
+    assert window_starts(700) == [0, 200, 400]          # 400 + 300 == 700: no extra tail
+    assert window_starts(301) == [0, 1]
+    assert window_starts(300) == [0]
+    assert window_starts(120) == [0]                    # short video: one padded window
+    assert window_starts(0) == []
+
+
+def test_every_frame_is_covered_and_tail_ends_at_n():
+    for n in (1, 299, 300, 301, 555, 1234):
+        starts = window_starts(n)
+        covered = np.zeros(n, bool)
+        for s in starts:
+            covered[s:s + 300] = True
+        assert covered.all()
+        assert min(n, starts[-1] + 300) == n
+
+
+def test_gather_matches_per_video_slicing_and_pads_with_masked_zeros():
+    lengths = [450, 120, 300]
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    x = torch.arange(offsets[-1] * 2, dtype=torch.float32).reshape(-1, 2) + 1   # no zeros in data
+    table = window_table(lengths)
+    assert list(table.video) == [0, 0, 1, 2] and list(table.start) == [0, 150, 0, 0]
+    idx, valid = index_tensor(table, offsets, width=300)
+    out = gather(x, idx, valid)
+    assert out.shape == (4, 300, 2)
+    for r in range(len(table)):
+        v, s, n = table.video[r], table.start[r], table.length[r]
+        ref = x[offsets[v] + s: offsets[v] + s + n]
+        assert torch.equal(out[r, :n], ref)
+        assert not valid[r, n:].any() and (out[r, n:] == 0).all()
+    assert int(valid.sum()) == 300 + 300 + 120 + 300
+
+
+def test_clip_table_cuts_and_drops_short_remainders():
+    t = clip_table([250, 90], clip=100, hop=100, min_frames=40)
+    assert list(zip(t.video, t.start, t.length)) == [(0, 0, 100), (0, 100, 100), (0, 200, 50), (1, 0, 90)]
+    t = clip_table([250], clip=100, hop=100, min_frames=60)
+    assert list(t.length) == [100, 100]
+    whole = clip_table([250, 90])
+    assert list(whole.length) == [250, 90]
+
+
+def test_segment_pool_means_over_equal_spans_and_masks_empty_segments():
+    x = torch.arange(32, dtype=torch.float32)[:, None]
+    mask = torch.ones(32, dtype=torch.bool)
+    mask[4:6] = False                                  # segment 2 (frames 4, 5) has no face
+    tok, m = segment_pool(x, mask, n_segments=16)
+    assert tok.shape == (16, 1)
+    assert tok[0, 0] == 0.5 and tok[15, 0] == 30.5
+    assert not m[2] and tok[2, 0] == 0 and m.sum() == 15
+
+
+def test_segment_bounds_short_clip_never_empty():
+    start, end = segment_bounds(5, 16)
+    assert (end > start).all() and end.max() == 5 and start.min() == 0
