@@ -153,15 +153,19 @@ def _missing_video(root, extractor, key, video_id) -> InputError:
                       fix="featurize it first (`emocache features`) or drop it from the list")
 
 
-def _open_arrays(vdir: Path, names) -> dict:
+def _open_arrays(vdir: Path, names) -> tuple:
+    """Opens only the arrays asked for: listing the group costs as much as reading a small array."""
     group = zarr.open_group(str(vdir), mode="r")
-    have = sorted(group.array_keys())
-    names = have if names is None else list(names)
-    missing = [n for n in names if n not in have]
-    if missing:
-        raise InputError(vdir, "missing_video", f"no array(s) {missing} (has: {have})",
-                         fix="ask only for arrays this extractor writes")
-    return group, {n: group[n] for n in names}
+    if names is None:
+        names = sorted(group.array_keys())
+    handles = {}
+    for name in names:
+        try:
+            handles[name] = group[name]
+        except KeyError:
+            raise InputError(vdir, "missing_video", f"no array {name!r} (has: {sorted(group.array_keys())})",
+                             fix="ask only for arrays this extractor writes") from None
+    return group, handles
 
 
 def read_video(root, extractor, key, video_id, arrays=None) -> tuple[dict[str, np.ndarray], dict]:
