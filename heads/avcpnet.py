@@ -37,7 +37,11 @@ class GatedMerge(nn.Module):
 
 class PyramidLevel(nn.Module):
     """One stage-1 level: per-modality self-attention, one shared banded cross-attention
-    (used in both directions), gated merge, then a dilated conv block (dilation 2**level)."""
+    (used in both directions), gated merge, then a dilated conv block (dilation 2**level).
+
+    Attention is pre-LN with a residual, so the gate merges ``v + SA(v)`` and ``v + CA(v, a)``.
+    Padded query rows may see themselves (keeps softmax finite); valid rows never see padding.
+    """
 
     def __init__(self, dim: int, level: int, heads: int = 8, dropout: float = 0.1):
         super().__init__()

@@ -79,10 +79,10 @@ class TemporalBlock(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # small-normal init of the direction (as the common TCN code does); g keeps the norm
-        # of the default init so the initial weight scale is unchanged.
-        for conv in (self.conv1, self.conv2):
-            conv.parametrizations.weight.original1.data.normal_(0.0, 0.01)
+        # The common TCN code re-inits conv1/conv2 ``.weight`` with N(0, 0.01) after weight
+        # norm, but there ``.weight`` is recomputed from g, v at every forward, so that init is
+        # a no-op and the default init is what trains. We keep the default init for the
+        # weight-normed convs and do the (effective) small-normal init of the 1x1 downsample.
         if self.downsample is not None:
             self.downsample.weight.data.normal_(0.0, 0.01)
 

@@ -17,14 +17,20 @@ def _flat(pred, target, mask=None):
     p = pred.detach().reshape(-1).to(torch.float64)
     t = target.detach().reshape(-1).to(torch.float64)
     if mask is not None:
-        m = mask.detach().reshape(-1).to(torch.bool)
+        m = mask.detach().to(torch.bool)
+        while m.dim() < pred.dim():  # a [N] mask over [N, K] predictions
+            m = m.unsqueeze(-1)
+        m = m.expand(pred.shape).reshape(-1)
         p, t = p[m], t[m]
     keep = ~(torch.isnan(p) | torch.isnan(t))
     return p[keep], t[keep]
 
 
 def ccc(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    """Concordance correlation over all (valid, non-NaN) elements, population estimator."""
+    """Concordance correlation over all (valid, non-NaN) elements pooled, population estimator.
+
+    For one score per target, call it per column (``pred[:, k]``).
+    """
     p, t = _flat(pred, target, mask)
     if p.numel() == 0:
         return float("nan")

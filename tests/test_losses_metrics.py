@@ -115,6 +115,10 @@ def test_metric_ccc_matches_numpy_and_honours_mask_and_nan():
     y_nan[~m] = np.nan
     assert M.ccc(torch.tensor(x), torch.tensor(y_nan)) == pytest.approx(_np_ccc(x[m], y[m]), rel=1e-10)
     assert isinstance(M.ccc(torch.tensor(x), torch.tensor(y)), float)
+    # a per-frame mask broadcasts over a target axis (pooled over both columns)
+    x2, y2 = np.stack([x, y], 1), np.stack([y, x], 1)
+    pooled = _np_ccc(x2[m].ravel(), y2[m].ravel())
+    assert M.ccc(torch.tensor(x2), torch.tensor(y2), torch.tensor(m)) == pytest.approx(pooled, rel=1e-10)
 
 
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
