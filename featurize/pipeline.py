@@ -1,0 +1,596 @@
+"""The featurize pipeline: manifest rows in, one store key per extractor out.
+
+One Dask task per video. A task probes the file once, decodes its frames once (streamed in
+batches through `faces` -> crops -> crop extractors, and through the frame extractors) and
+its audio once, and each extractor writes its own key through its own VideoWriter, so
+memory stays flat whatever the video's length and no two tasks ever write the same array.
+
+What is already done (or known not to apply, e.g. `faces` on a wav) is not redone, per
+extractor: adding an extractor later runs only that one. One bad video never sinks the
+batch: its failure is written to the key's errors.jsonl with a reason code, counted in the
+Summary, and the run goes on.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from store.errors import NOT_APPLICABLE, InputError
+from store.keys import is_safe_name, sanitize_id
+
+__all__ = ["Summary", "run_features", "write_manifest", "prepare_rows", "featurize_video"]
+
+# extractor modules the registry may not have imported yet (featurize/__init__ decides that)
+_EXTRACTOR_MODULES = ("faces", "mesh", "fer", "audio", "backbone")
+# environment for CPU workers: one thread per process, one process per core
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+              "NUMBA_NUM_THREADS": "1"}
+
+
+# ---------------------------------------------------------------------------- summary
+
+@dataclass
+class Summary:
+    """Counts are (video, extractor) pairs; `failures` keeps the first few for the printout."""
+    videos: int = 0
+    done: int = 0
+    skipped: int = 0                 # already done, or already known not applicable
+    not_applicable: int = 0          # found not applicable in this run (e.g. faces on a wav)
+    failed: dict = field(default_factory=dict)       # reason -> n
+    failures: list = field(default_factory=list)     # first `keep` {video_id, extractor, reason, message}
+    failed_videos: int = 0
+    frames: int = 0                  # video frames decoded in this run
+    seconds: float = 0.0
+    keys: dict = field(default_factory=dict)         # extractor -> key
+    keep: int = 5
+
+    @property
+    def failed_total(self) -> int:
+        return sum(self.failed.values())
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed_total else 0
+
+    def add(self, result: dict) -> None:
+        status = result["status"]
+        if status == "done":
+            self.done += 1
+        elif status == "skipped":
+            self.skipped += 1
+        elif status == "not_applicable":
+            self.not_applicable += 1
+        else:
+            self.failed[result["reason"]] = self.failed.get(result["reason"], 0) + 1
+            if len(self.failures) < self.keep:
+                self.failures.append({k: result.get(k) for k in ("video_id", "extractor", "reason", "message")})
+
+    def __str__(self) -> str:
+        lines = [f"featurized {self.videos} video(s) x {len(self.keys)} extractor(s) in {self.seconds:.1f} s"
+                 f" ({self.frames} frames decoded)",
+                 f"  done {self.done}; skipped {self.skipped + self.not_applicable} (already done "
+                 f"{self.skipped}, not applicable {self.not_applicable}); failed {self.failed_total}"
+                 + (" (" + ", ".join(f"{r} {n}" for r, n in sorted(self.failed.items())) + ")"
+                    if self.failed else "")]
+        for name, key in sorted(self.keys.items()):
+            lines.append(f"  key {name}/{key}")
+        for f in self.failures:
+            lines.append(f"  FAILED {f['video_id']} [{f['extractor']}] {f['reason']}: {f['message']}")
+        if self.failed_total > len(self.failures):
+            lines.append(f"  ... {self.failed_total - len(self.failures)} more in each key's errors.jsonl")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- rows
+
+def prepare_rows(rows) -> tuple[list[dict], list[tuple[dict, dict]]]:
+    """Rows with store-safe ids (original kept), in order; duplicates of an earlier id are
+    returned apart as (duplicate, first) pairs: the first row wins."""
+    seen: dict[str, dict] = {}
+    out, dups = [], []
+    for i, raw in enumerate(rows):
+        row = dict(raw)
+        vid = row.get("video_id")
+        if vid is None or vid == "":
+            if not row.get("path"):
+                raise InputError(f"row {i}", "bad_id", "row has neither video_id nor path",
+                                 "each manifest row needs video_id and path")
+            vid = Path(row["path"]).stem
+        vid = str(vid)
+        row.setdefault("original_id", vid)
+        if not is_safe_name(vid):
+            vid = sanitize_id(vid)
+        row["video_id"] = vid
+        if vid in seen:
+            dups.append((row, seen[vid]))
+            continue
+        seen[vid] = row
+        out.append(row)
+    return out, dups
+
+
+def write_manifest(rows, store_root, name: str) -> Path:
+    """`<store>/datasets/<name>/manifest.jsonl`: where the trainers find the labels."""
+    from store.writer import FeatureStore
+
+    ok, _dups = prepare_rows(rows)
+    safe = name if is_safe_name(name) else sanitize_id(name)
+    return FeatureStore(store_root).write_dataset_manifest(safe, ok)
+
+
+def _shard(rows: list[dict], shard) -> list[dict]:
+    if shard is None:
+        return rows
+    i, n = (int(v) for v in shard)
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard {shard!r}: need (i, n) with 0 <= i < n")
+    ordered = sorted(rows, key=lambda r: r["video_id"])
+    return [r for k, r in enumerate(ordered) if k % n == i]
+
+
+# ---------------------------------------------------------------------------- extractors
+
+def _load_registry():
+    from featurize import registry
+
+    for mod in _EXTRACTOR_MODULES:
+        try:
+            importlib.import_module(f"featurize.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"featurize.{mod}":
+                raise
+    return registry
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a task needs to know about one extractor: its config, kind and key."""
+    name: str
+    config: object
+    kind: str          # frames | crops | audio
+    key: str
+    provenance: dict
+
+
+def plan_extractors(extractors, overrides=None) -> list[Spec]:
+    """Configs and keys; crop extractors hash the faces key (their upstream). `faces` is
+    added when a crop extractor needs it (it is their upstream, so it is written too)."""
+    registry = _load_registry()
+    overrides = dict(overrides or {})
+    names = list(dict.fromkeys(extractors))
+    if not names:
+        raise ValueError("no extractors requested")
+    unknown = [k for k in overrides if k not in names and k != "faces"]
+    if unknown:
+        raise InputError(",".join(unknown), "extractor_error",
+                         f"parameters given for extractors that are not requested: {unknown}",
+                         f"requested: {', '.join(names)}")
+    configs = {n: registry.parse_config(n, overrides.get(n)) for n in names}
+    kinds = {n: registry.get_cached(n, configs[n]).input for n in names}
+    if any(k == "crops" for k in kinds.values()) and "faces" not in names:
+        names.insert(0, "faces")
+        configs["faces"] = registry.parse_config("faces", overrides.get("faces"))
+        kinds["faces"] = "frames"
+    specs: dict[str, Spec] = {}
+    order = sorted(names, key=lambda n: (n != "faces", kinds[n] == "crops"))
+    for n in order:
+        upstream = {"faces": specs["faces"].key} if kinds[n] == "crops" else None
+        key, prov = registry.key_for(n, configs[n], upstream=upstream)
+        specs[n] = Spec(n, configs[n], kinds[n], key, prov)
+    return [specs[n] for n in names]
+
+
+def _key_state(handle) -> tuple[set, set]:
+    """(done ids, not-applicable ids) of a key, read once per run (not once per video)."""
+    from store.reader import ERRORS, read_jsonl
+
+    done = handle.done_ids()
+    last = {}
+    for r in read_jsonl(handle.path / ERRORS):
+        if isinstance(r.get("video_id"), str):
+            last[r["video_id"]] = r
+    na = {v for v, r in last.items()
+          if v not in done and (r.get("not_applicable") or r.get("reason") in NOT_APPLICABLE)}
+    return done, na
+
+
+# ---------------------------------------------------------------------------- the task
+
+_WORKER_READY = False
+
+
+def _worker_setup() -> None:
+    """One thread per worker process (once per process; also for external clusters)."""
+    global _WORKER_READY
+    if _WORKER_READY:
+        return
+    for k, v in WORKER_ENV.items():
+        os.environ.setdefault(k, v)
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+    _WORKER_READY = True
+
+
+def _batch_for(info) -> int:
+    """Frames per decode batch: ~64 at 640x360, fewer for big frames (memory per batch)."""
+    if not info.width or not info.height:
+        return 32
+    return int(max(4, min(64, 64 * 640 * 360 // (info.width * info.height))))
+
+
+class _Out:
+    """One extractor's output for one video: its writer opens on the first append."""
+
+    def __init__(self, store_root, spec: Spec, row: dict, manifest_extra: dict):
+        from store.writer import FeatureStore
+
+        self.spec, self.row, self.extra = spec, row, manifest_extra
+        self.handle = FeatureStore(store_root).key(spec.name, spec.key, spec.provenance)
+        self.writer = None
+        self.error: tuple[str, str] | None = None
+        self.result: dict | None = None
+
+    def append(self, arrays: dict) -> None:
+        if self.writer is None:
+            self.writer = self.handle.begin_video(self.row["video_id"], self.row.get("original_id"))
+        self.writer.append(arrays)
+
+    def fail(self, reason: str, message: str) -> None:
+        if self.error is None:
+            self.error = (reason, message)
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
+
+    def close(self, attrs: dict) -> dict:
+        vid = self.row["video_id"]
+        base = {"video_id": vid, "extractor": self.spec.name}
+        if self.error is None and self.writer is None:
+            self.error = ("decode_error", "no frames or samples reached the extractor")
+        if self.error is not None:
+            reason, message = self.error
+            self.handle.record_error(vid, reason, message, self.row.get("original_id"))
+            status = "not_applicable" if reason in NOT_APPLICABLE else "failed"
+            return {**base, "status": status, "reason": reason, "message": message}
+        try:
+            self.writer.attrs.update(attrs)
+            line = self.writer.commit(self.extra)
+        except Exception as e:  # noqa: BLE001  (a store problem for this video only)
+            self.writer.abort()
+            self.handle.record_error(vid, "extractor_error", f"commit failed: {e}", self.row.get("original_id"))
+            return {**base, "status": "failed", "reason": "extractor_error", "message": f"commit failed: {e}"}
+        return {**base, "status": "done", "frames": line["frames"]}
+
+
+def _message(e: BaseException) -> str:
+    if isinstance(e, InputError):
+        return e.message + (f" — fix: {e.fix}" if e.fix else "")
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+    return f"{type(e).__name__}: {e}{where}"
+
+
+def featurize_video(row: dict, specs: list[Spec], store_root, write: list[str] | None = None,
+                    keep_partial: bool = False) -> list[dict]:
+    """Featurize one video for `specs` (those still to do); returns one result per written
+    extractor. `write` names the extractors whose keys are written (default all; `faces` may
+    run only to make crops for a crop extractor whose faces key is already done)."""
+    from featurize import decode
+
+    _worker_setup()
+    registry = _load_registry()
+    write = [s.name for s in specs] if write is None else list(write)
+    path = row.get("path")
+    outs: dict[str, _Out] = {}
+    extra = {"path": path}
+    try:
+        st = Path(path).stat()
+        extra.update(input_size=st.st_size, input_mtime=st.st_mtime)
+    except (OSError, TypeError):
+        pass
+    for s in specs:
+        if s.name in write:
+            outs[s.name] = _Out(store_root, s, row, extra)
+
+    def fail_all(names, reason, message):
+        for n in names:
+            if n in outs:
+                outs[n].fail(reason, message)
+
+    attrs: dict[str, dict] = {n: {} for n in outs}
+    frames_done = 0
+    try:
+        info = decode.probe(path if path is not None else "")
+    except InputError as e:
+        fail_all(outs, e.reason, _message(e))
+        info = None
+    except Exception as e:  # noqa: BLE001
+        fail_all(outs, "not_media", _message(e))
+        info = None
+
+    if info is not None:
+        video_specs = [s for s in specs if s.kind in ("frames", "crops")]
+        audio_specs = [s for s in specs if s.kind == "audio"]
+        if video_specs:
+            if not info.has_video:
+                fail_all([s.name for s in video_specs], "no_video_stream",
+                         f"{path}: no video stream (audio-only input)")
+            else:
+                frames_done = _run_video(row, info, video_specs, outs, attrs, registry, keep_partial)
+        if audio_specs:
+            if not info.has_audio:
+                fail_all([s.name for s in audio_specs], "no_audio_stream", f"{path}: no audio stream")
+            else:
+                _run_audio(row, audio_specs, outs, attrs, registry)
+    results = []
+    for n, out in outs.items():
+        r = out.close(attrs.get(n, {}))
+        if n in [s.name for s in specs if s.kind != "audio"] and r["status"] == "done":
+            r["decoded_frames"] = frames_done
+        results.append(r)
+    return results
+
+
+def _run_video(row, info, specs, outs, attrs, registry, keep_partial) -> int:
+    """Decode once; faces -> crops -> crop extractors; frame extractors on whole frames."""
+    from featurize import decode
+
+    live = {s.name: registry.get_cached(s.name, s.config) for s in specs}
+    crop_names = [s.name for s in specs if s.kind == "crops"]
+    frame_names = [s.name for s in specs if s.kind == "frames"]
+    failed: set[str] = set()
+
+    def fail(name, reason, message):
+        failed.add(name)
+        if name in outs:
+            outs[name].fail(reason, message)
+        if name == "faces":  # crops are gone: every crop extractor fails with it
+            for c in crop_names:
+                if c not in failed:
+                    fail(c, reason, f"upstream faces failed: {message}")
+
+    for n, ex in live.items():
+        try:
+            ex.start(info)
+        except Exception as e:  # noqa: BLE001
+            fail(n, "extractor_error", _message(e))
+    fps = info.fps
+    report: dict = {}
+    total = 0
+    try:
+        for frames, t in decode.iter_frames(info.path, batch=_batch_for(info), report=report):
+            total += len(frames)
+            crops = cmask = None
+            for n in frame_names:
+                if n in failed:
+                    continue
+                try:
+                    arrays = live[n].process(frames, {"t": t})
+                    if n == "faces":
+                        crops, cmask = arrays["data"], arrays["mask"]
+                    if n in outs:
+                        outs[n].append({**arrays, "t": t})
+                except Exception as e:  # noqa: BLE001
+                    fail(n, "extractor_error", _message(e))
+            for n in crop_names:
+                if n in failed or crops is None:
+                    continue
+                try:
+                    arrays = live[n].process(crops, {"t": t, "mask": cmask})
+                    outs[n].append({**arrays, "t": t})
+                except Exception as e:  # noqa: BLE001
+                    fail(n, "extractor_error", _message(e))
+            if len(failed) == len(live):
+                break
+    except InputError as e:
+        for n in live:
+            fail(n, e.reason, _message(e))
+        return total
+    except Exception as e:  # noqa: BLE001  (a decoder crash is this video's problem only)
+        for n in live:
+            fail(n, "decode_error", _message(e))
+        return total
+    if report.get("partial") and not keep_partial:
+        for n in live:
+            fail(n, "truncated", f"{info.path}: decoding stopped early ({report.get('error')}); "
+                 "kept nothing — fix: re-copy the file, or keep_partial=True to store the frames")
+    for n, ex in live.items():
+        if n in failed:
+            continue
+        try:
+            attrs.setdefault(n, {}).update({"fps": fps, "partial": bool(report.get("partial")),
+                                            **(ex.finish() or {})})
+        except Exception as e:  # noqa: BLE001
+            fail(n, "extractor_error", _message(e))
+    return total
+
+
+def _audio_rate(config) -> int:
+    for name in ("sr", "sample_rate", "sampling_rate"):
+        v = getattr(config, name, None)
+        if v:
+            return int(v)
+    return 16000
+
+
+def _run_audio(row, specs, outs, attrs, registry) -> None:
+    """Decode the audio once per sample rate; each audio extractor writes its own key."""
+    import numpy as np
+
+    from featurize import decode
+
+    by_rate: dict[int, list[Spec]] = {}
+    for s in specs:
+        by_rate.setdefault(_audio_rate(s.config), []).append(s)
+    for sr, group in sorted(by_rate.items()):
+        try:
+            samples = decode.read_audio(row["path"], sr=sr)
+        except InputError as e:
+            for s in group:
+                outs[s.name].fail(e.reason, _message(e))
+            continue
+        except Exception as e:  # noqa: BLE001
+            for s in group:
+                outs[s.name].fail("decode_error", _message(e))
+            continue
+        for s in group:
+            try:
+                ex = registry.get_cached(s.name, s.config)
+                arrays = ex.extract(samples, sr)
+                a = {"sr": sr, "seconds": round(len(samples) / sr, 4)}
+                t = np.asarray(arrays.get("t", []))
+                hop = getattr(s.config, "hop", None) or (float(t[1] - t[0]) if t.size > 1 else None)
+                a["hop"] = hop
+                a.update(ex.finish() or {})
+                outs[s.name].append(arrays)
+                attrs.setdefault(s.name, {}).update(a)
+            except Exception as e:  # noqa: BLE001
+                outs[s.name].fail("extractor_error", _message(e))
+
+
+# ---------------------------------------------------------------------------- the driver
+
+def _client(workers, scheduler):
+    """(client, cluster-or-None). scheduler: None = LocalCluster, 'tcp://...' = existing cluster."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        if os.path.isfile(str(scheduler)):     # a --scheduler-file
+            return Client(scheduler_file=str(scheduler)), None
+        return Client(str(scheduler)), None
+    n = int(workers or os.cpu_count() or 1)
+    env = dict(WORKER_ENV)
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        env["NUMBA_CACHE_DIR"] = os.environ["NUMBA_CACHE_DIR"]
+    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env,
+                               dashboard_address=None)
+    return Client(cluster), cluster
+
+
+def _plan_videos(rows, specs, handles):
+    """Per video: which extractors still need work and whether faces must run for crops."""
+    state = {s.name: _key_state(handles[s.name]) for s in specs}
+    todo, skipped = [], []
+    for row in rows:
+        vid = row["video_id"]
+        need = [s for s in specs if vid not in state[s.name][0] and vid not in state[s.name][1]]
+        for s in specs:
+            if s not in need:
+                skipped.append({"video_id": vid, "extractor": s.name, "status": "skipped"})
+        if not need:
+            continue
+        write = [s.name for s in need]
+        if any(s.kind == "crops" for s in need) and "faces" not in write:
+            need = [next(s for s in specs if s.name == "faces")] + need   # run, don't write
+        todo.append((row, need, write))
+    return todo, skipped
+
+
+def run_features(rows, store_root, extractors, overrides: dict | None = None, workers: int | None = None,
+                 scheduler: str | None = None, shard: tuple[int, int] | None = None,
+                 progress: bool = True, keep_partial: bool = False) -> Summary:
+    """Featurize `rows` into `store_root` with `extractors` (names; `overrides` {name: {field: value}}).
+
+    scheduler: None -> a LocalCluster of `workers` (default: cores) single-threaded processes;
+    "tcp://host:port" (or a scheduler file) -> that cluster; "inline" -> this process, no
+    Dask (debugging, tiny inputs). shard=(i, n): rows sorted by video_id, keep index % n == i.
+    """
+    from store.writer import FeatureStore
+
+    t0 = time.monotonic()
+    ok, dups = prepare_rows(rows)
+    ok = _shard(ok, shard)
+    keep_ids = {r["video_id"] for r in ok}
+    specs = plan_extractors(extractors, overrides)
+    store = FeatureStore(store_root)
+    handles = {s.name: store.key(s.name, s.key, s.provenance) for s in specs}
+    summary = Summary(videos=len(ok), keys={s.name: s.key for s in specs})
+    requested = set(extractors)
+    report_specs = [s for s in specs if s.name in requested or s.name == "faces"]
+
+    for dup, first in dups:
+        if dup["video_id"] not in keep_ids:
+            continue
+        msg = (f"duplicate id {dup['video_id']!r}: row for {dup.get('path')} ignored; the first row "
+               f"({first.get('path')}) is featurized — fix: give each video a unique id")
+        for s in report_specs:
+            handles[s.name].record_error(dup["video_id"], "duplicate_id", msg, dup.get("original_id"))
+            summary.add({"video_id": dup["video_id"], "extractor": s.name, "status": "failed",
+                         "reason": "duplicate_id", "message": msg})
+
+    todo, skipped = _plan_videos(ok, specs, handles)
+    for r in skipped:
+        summary.add(r)
+
+    def collect(results):
+        for r in results:
+            summary.add(r)
+        summary.frames += max([int(r.get("decoded_frames") or 0) for r in results] or [0])
+
+    if todo:
+        if scheduler == "inline":
+            bar = _bar(len(todo), progress)
+            for row, need, write in todo:
+                collect(featurize_video(row, need, store_root, write, keep_partial))
+                bar.update(1)
+            bar.close()
+        else:
+            _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, collect, handles)
+    summary.seconds = time.monotonic() - t0
+    print(summary, flush=True)
+    return summary
+
+
+def _bar(total, progress):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="featurize", unit="video", disable=not progress)
+
+
+def _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, collect, handles):
+    from distributed import as_completed
+
+    client, cluster = _client(workers, scheduler)
+    try:
+        futures = {}
+        for row, need, write in todo:
+            fut = client.submit(featurize_video, row, need, str(store_root), write, keep_partial,
+                                key=f"featurize-{row['video_id']}-{os.getpid()}-{time.monotonic_ns()}",
+                                pure=False)
+            futures[fut] = (row, need, write)
+        bar = _bar(len(futures), progress)
+        for fut in as_completed(futures):
+            row, need, write = futures[fut]
+            try:
+                results = fut.result()
+            except Exception as e:  # noqa: BLE001  (a worker died: KilledWorker, ...)
+                msg = f"task failed outside the extractors: {_message(e)}"
+                results = []
+                for n in write:
+                    handles[n].record_error(row["video_id"], "extractor_error", msg, row.get("original_id"))
+                    results.append({"video_id": row["video_id"], "extractor": n, "status": "failed",
+                                    "reason": "extractor_error", "message": msg})
+            collect(results)
+            bar.update(1)
+        bar.close()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,116 @@
+"""The pipeline on real (demo) videos: outputs, skips, per-extractor granularity, new keys,
+sharding, the dataset manifest. Runs in-process (scheduler="inline") to stay cheap; the
+Dask paths are in test_dask_cluster.py."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featurize import datasets
+from featurize.demo import write_demo_corpus
+from featurize.pipeline import prepare_rows, run_features, write_manifest
+from store.reader import list_keys, manifest_rows, read_video
+
+N, SECONDS, FPS = 2, 2.0, 25
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    write_demo_corpus(out, n=N, seconds=SECONDS, fps=FPS, seed=7)
+    return datasets.build("demo", out)
+
+
+def snapshot(key_path: Path) -> dict:
+    """Every file under a key: (bytes, mtime_ns, inode) — what 'untouched' means."""
+    out = {}
+    for p in sorted(key_path.rglob("*")):
+        st = p.stat()
+        out[str(p.relative_to(key_path))] = (p.read_bytes() if p.is_file() else None, st.st_mtime_ns, st.st_ino)
+    return out
+
+
+def key_path(store, extractor):
+    (k,) = [k for k in list_keys(store) if k["extractor"] == extractor]
+    return Path(k["path"]), k["key"]
+
+
+def test_outputs_match_the_contract(rows, tmp_path, fer_weights):
+    s = run_features(rows, tmp_path, ["faces", "fer"], scheduler="inline", progress=False)
+    assert (s.done, s.skipped, s.failed_total, s.exit_code) == (2 * N, 0, 0, 0)
+    assert s.frames == N * SECONDS * FPS
+    _, fkey = key_path(tmp_path, "faces")
+    _, rkey = key_path(tmp_path, "fer")
+    for r in rows:
+        faces, fattrs = read_video(tmp_path, "faces", fkey, r["video_id"])
+        T = int(SECONDS * FPS)
+        assert faces["data"].shape == (T, 112, 112, 3) and faces["data"].dtype == np.uint8
+        assert faces["mask"].dtype == bool and faces["mask"].mean() > 0.9   # the drawn face is found
+        assert faces["box"].shape == (T, 4) and faces["score"].shape == (T,)
+        assert np.allclose(faces["t"], np.arange(T) / FPS)
+        assert fattrs["fps"] == pytest.approx(FPS) and fattrs["original_id"] == r["original_id"]
+        fer, _ = read_video(tmp_path, "fer", rkey, r["video_id"])
+        assert fer["data"].shape == (T, 128) and fer["data"].dtype == np.float16
+        assert fer["logits"].shape == (T, 7)
+        assert np.array_equal(fer["mask"], faces["mask"])
+    # the crop extractor's key depends on the faces key
+    (fer_key,) = [k for k in list_keys(tmp_path) if k["extractor"] == "fer"]
+    assert fer_key["provenance"]["params"]["upstream"] == {"faces": fkey}
+    line = manifest_rows(tmp_path, "faces", fkey)[0]
+    assert line["input_size"] > 0 and line["path"].endswith(".mp4")
+
+
+def test_rerun_redoes_nothing(rows, tmp_path, fer_weights):
+    run_features(rows, tmp_path, ["faces", "fer"], scheduler="inline", progress=False)
+    before = {e: snapshot(key_path(tmp_path, e)[0]) for e in ("faces", "fer")}
+    s = run_features(rows, tmp_path, ["faces", "fer"], scheduler="inline", progress=False)
+    assert (s.done, s.skipped, s.failed_total, s.frames) == (0, 2 * N, 0, 0)
+    assert {e: snapshot(key_path(tmp_path, e)[0]) for e in ("faces", "fer")} == before
+
+
+def test_added_extractor_runs_alone(rows, tmp_path, fer_weights):
+    run_features(rows, tmp_path, ["faces"], scheduler="inline", progress=False)
+    faces_dir, _ = key_path(tmp_path, "faces")
+    before = snapshot(faces_dir)
+    s = run_features(rows, tmp_path, ["faces", "fer"], scheduler="inline", progress=False)
+    assert (s.done, s.skipped) == (N, N)               # fer done, faces skipped
+    assert snapshot(faces_dir) == before               # faces ran for the crops but wrote nothing
+    # asking for the crop extractor alone brings its upstream along (and skips it)
+    s = run_features(rows, tmp_path, ["fer"], scheduler="inline", progress=False)
+    assert (s.done, s.skipped) == (0, 2 * N)
+
+
+def test_changed_parameter_is_a_new_key(rows, tmp_path, fer_weights):
+    run_features(rows[:1], tmp_path, ["faces", "fer"], scheduler="inline", progress=False)
+    old = {e: key_path(tmp_path, e) for e in ("faces", "fer")}
+    before = {e: snapshot(p) for e, (p, _) in old.items()}
+    s = run_features(rows[:1], tmp_path, ["faces", "fer"], overrides={"faces": {"margin": "0.25"}},
+                     scheduler="inline", progress=False)
+    assert s.done == 2 and s.keys["faces"] != old["faces"][1] and s.keys["fer"] != old["fer"][1]
+    assert {e: snapshot(p) for e, (p, _) in old.items()} == before
+    assert len([k for k in list_keys(tmp_path) if k["extractor"] == "fer"]) == 2
+
+
+def test_shards_partition_the_rows(rows, tmp_path):
+    many = [dict(rows[0], video_id=f"v{i:02d}", original_id=f"v{i:02d}") for i in range(7)]
+    got = []
+    for i in range(3):
+        s = run_features(many, tmp_path / f"s{i}", ["faces"], scheduler="inline", shard=(i, 3), progress=False)
+        got.append({m["video_id"] for m in manifest_rows(tmp_path / f"s{i}", "faces", s.keys["faces"])})
+    assert got == [{"v00", "v03", "v06"}, {"v01", "v04"}, {"v02", "v05"}]
+
+
+def test_prepare_rows_and_manifest(rows, tmp_path):
+    raw = [dict(rows[0], video_id="../up/x", original_id=None), dict(rows[1]), dict(rows[1], path="/other.mp4")]
+    raw[0].pop("original_id")
+    ok, dups = prepare_rows(raw)
+    assert ok[0]["original_id"] == "../up/x" and "/" not in ok[0]["video_id"] and ".." not in ok[0]["video_id"]
+    assert len(ok) == 2 and dups[0][0]["path"] == "/other.mp4"
+    path = write_manifest(rows, tmp_path, "demo")
+    assert path == tmp_path / "datasets" / "demo" / "manifest.jsonl"
+    from store.writer import FeatureStore
+    back = FeatureStore(tmp_path).read_dataset_manifest("demo")
+    assert [r["video_id"] for r in back] == [r["video_id"] for r in rows]
+    assert back[0]["frame_labels"]["format"] == "csv"
+    assert os.path.isfile(back[0]["frame_labels"]["path"])
