@@ -16,8 +16,8 @@ import zarr
 
 from .errors import InputError
 from .keys import canonical_json
-from .reader import error_rows, key_dir, manifest_rows, read_provenance, resolve_key
-from .writer import CORE_MANIFEST_FIELDS, FeatureStore
+from .reader import ERRORS, error_rows, key_dir, manifest_rows, read_provenance, resolve_key
+from .writer import CORE_MANIFEST_FIELDS, FeatureStore, append_jsonl
 
 FORMAT = "emocache-h5-1"
 
@@ -83,7 +83,7 @@ def import_h5(h5_path, root) -> str:
         known_errors = {(r.get("video_id"), r.get("time")) for r in error_rows(root, extractor, key)}
         for row in json.loads(h5.attrs.get("errors", "[]")):
             if (row.get("video_id"), row.get("time")) not in known_errors:
-                handle.record_error(row["video_id"], row["reason"], row["message"], row.get("original_id"))
+                append_jsonl(handle.path / ERRORS, row)  # as recorded, original time included
     return key
 
 

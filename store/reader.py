@@ -88,7 +88,7 @@ def key_counts(path) -> dict:
     done = _last_per_id(read_jsonl(Path(path) / MANIFEST))
     errors = {v: r for v, r in _last_per_id(read_jsonl(Path(path) / ERRORS)).items() if v not in done}
     n_na = sum(1 for r in errors.values() if _is_not_applicable(r))
-    frames = sum(int(r.get("frames", 0)) for r in done.values())
+    frames = sum(r["frames"] for r in done.values() if isinstance(r.get("frames"), int))
     return {"n_done": len(done), "n_failed": len(errors) - n_na, "n_not_applicable": n_na, "frames": frames}
 
 

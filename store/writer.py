@@ -80,6 +80,14 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _check_name(kind: str, name: str, where) -> None:
     if not is_safe_name(name):
         raise InputError(where, "bad_id", f"{kind} {name!r} is not a safe folder name",
@@ -313,6 +321,7 @@ class VideoWriter:
         self._group.attrs.update(to_jsonable(self.attrs))
         final = self.handle.path / self.video_id
         os.rename(self.temp, final)
+        _fsync_dir(self.handle.path)  # the rename must be durable before the line that announces it
         self._closed = True
         self.handle._announce(line)
         return line

@@ -13,6 +13,7 @@ from store.export import export_h5, import_h5
 from store.inventory import summary
 from store.reader import error_rows
 from store.verify import verify
+from store.writer import append_jsonl
 
 EXT = "faces"
 
@@ -176,6 +177,9 @@ def test_torn_manifest_line_is_a_warning_from_verify(good):
 
 def test_h5_export_import_round_trip(good, tmp_path_factory):
     root, handle, truth = good
+    old_error = {"video_id": "old", "original_id": "old", "reason": "truncated", "message": "cut",
+                 "not_applicable": False, "time": "2020-01-01T00:00:00+00:00"}
+    append_jsonl(handle.path / "errors.jsonl", old_error)  # import must keep the original time
     h5_path = tmp_path_factory.mktemp("h5") / "faces.h5"
     assert export_h5(root, EXT, None, h5_path) == h5_path
     with h5py.File(h5_path, "r") as h5:  # plain HDF5 tools see the arrays and attributes
@@ -200,7 +204,7 @@ def test_h5_export_import_round_trip(good, tmp_path_factory):
     assert verify(other) == []
     import_h5(h5_path, other)  # a second import adds nothing
     assert len((other / "features" / EXT / handle.key / "manifest.jsonl").read_text().splitlines()) == 3
-    assert len(error_rows(other, EXT, handle.key)) == 2
+    assert len(error_rows(other, EXT, handle.key)) == 3
 
 
 def test_h5_import_into_a_conflicting_key_refuses(good, tmp_path_factory):
