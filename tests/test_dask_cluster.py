@@ -1,0 +1,106 @@
+"""A real Dask cluster: `dask scheduler` + two `dask worker` processes on 127.0.0.1; the
+arrays it writes equal those of an in-process run, and a LocalCluster run agrees too."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featurize import datasets
+from featurize.demo import write_demo_corpus
+from featurize.pipeline import run_features
+from store.reader import manifest_rows, read_video
+
+pytestmark = pytest.mark.cluster
+BIN = Path(sys.executable).parent
+EXTRACTORS = ["faces", "fer"]
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    write_demo_corpus(out, n=2, seconds=1.6, seed=11)
+    return datasets.build("demo", out)
+
+
+@pytest.fixture(scope="module")
+def reference(rows, tmp_path_factory, fer_weights):
+    store = tmp_path_factory.mktemp("inline")
+    s = run_features(rows, store, EXTRACTORS, scheduler="inline", progress=False)
+    assert s.failed_total == 0
+    return store, s.keys
+
+
+def assert_same_arrays(store_a, store_b, keys, rows):
+    for name, key in keys.items():
+        assert len(manifest_rows(store_b, name, key)) == len(rows)
+        for r in rows:
+            a, attrs_a = read_video(store_a, name, key, r["video_id"])
+            b, attrs_b = read_video(store_b, name, key, r["video_id"])
+            assert set(a) == set(b)
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}/{r['video_id']}/{k}")
+            assert attrs_a == attrs_b
+
+
+def _wait_for_workers(sched_file: Path, n: int, procs, timeout=120):
+    from distributed import Client
+
+    deadline = time.monotonic() + timeout
+    while not sched_file.is_file():
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            raise RuntimeError("the scheduler did not start")
+        time.sleep(0.2)
+    with Client(scheduler_file=str(sched_file), timeout=30) as c:
+        c.wait_for_workers(n, timeout=timeout)
+    return json.loads(sched_file.read_text())["address"]
+
+
+def test_external_cluster_equals_inline(rows, reference, tmp_path):
+    sched_file = tmp_path / "scheduler.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               NUMBA_CACHE_DIR=os.environ.get("NUMBA_CACHE_DIR", str(tmp_path / "numba")))
+    logs = open(tmp_path / "dask.log", "w")
+    procs = []
+    try:
+        procs.append(subprocess.Popen(
+            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+             "--scheduler-file", str(sched_file)], env=env, stdout=logs, stderr=subprocess.STDOUT))
+        for i in range(2):
+            procs.append(subprocess.Popen(
+                [str(BIN / "dask"), "worker", "--scheduler-file", str(sched_file), "--nthreads", "1",
+                 "--nworkers", "1", "--host", "127.0.0.1", "--no-dashboard", "--name", f"w{i}",
+                 "--local-directory", str(tmp_path / f"w{i}")], env=env, stdout=logs, stderr=subprocess.STDOUT))
+        address = _wait_for_workers(sched_file, 2, procs)
+        assert address.startswith("tcp://127.0.0.1:")
+        store = tmp_path / "store"
+        s = run_features(rows, store, EXTRACTORS, scheduler=address, progress=False)
+        assert (s.done, s.failed_total) == (len(rows) * 2, 0)
+        ref_store, keys = reference
+        assert s.keys == keys
+        assert_same_arrays(ref_store, store, keys, rows)
+        # the two workers shared the work (one task per video)
+        from distributed import Client
+        with Client(address) as c:
+            assert len(c.scheduler_info()["workers"]) == 2
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        logs.close()
+
+
+def test_local_cluster_equals_inline(rows, reference, tmp_path):
+    store = tmp_path / "store"
+    s = run_features(rows, store, EXTRACTORS, workers=2, progress=False)
+    assert (s.done, s.failed_total) == (len(rows) * 2, 0)
+    assert_same_arrays(reference[0], store, reference[1], rows)
