@@ -16,6 +16,7 @@ import importlib
 import os
 import time
 import traceback
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -336,7 +337,7 @@ def featurize_video(row: dict, specs: list[Spec], store_root, write: list[str] |
             if not info.has_audio:
                 fail_all([s.name for s in audio_specs], "no_audio_stream", f"{path}: no audio stream")
             else:
-                _run_audio(row, audio_specs, outs, attrs, registry)
+                _run_audio(row, audio_specs, outs, attrs, registry, keep_partial)
     results = []
     for n, out in outs.items():
         r = out.close(attrs.get(n, {}))
@@ -373,30 +374,32 @@ def _run_video(row, info, specs, outs, attrs, registry, keep_partial) -> int:
     report: dict = {}
     total = 0
     try:
-        for frames, t in decode.iter_frames(info.path, batch=_batch_for(info), report=report):
-            total += len(frames)
-            crops = cmask = None
-            for n in frame_names:
-                if n in failed:
-                    continue
-                try:
-                    arrays = live[n].process(frames, {"t": t})
-                    if n == "faces":
-                        crops, cmask = arrays["data"], arrays["mask"]
-                    if n in outs:
+        with warnings.catch_warnings():  # the report says it; errors.jsonl records it
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for frames, t in decode.iter_frames(info.path, batch=_batch_for(info), report=report):
+                total += len(frames)
+                crops = cmask = None
+                for n in frame_names:
+                    if n in failed:
+                        continue
+                    try:
+                        arrays = live[n].process(frames, {"t": t})
+                        if n == "faces":
+                            crops, cmask = arrays["data"], arrays["mask"]
+                        if n in outs:
+                            outs[n].append({**arrays, "t": t})
+                    except Exception as e:  # noqa: BLE001
+                        fail(n, "extractor_error", _message(e))
+                for n in crop_names:
+                    if n in failed or crops is None:
+                        continue
+                    try:
+                        arrays = live[n].process(crops, {"t": t, "mask": cmask})
                         outs[n].append({**arrays, "t": t})
-                except Exception as e:  # noqa: BLE001
-                    fail(n, "extractor_error", _message(e))
-            for n in crop_names:
-                if n in failed or crops is None:
-                    continue
-                try:
-                    arrays = live[n].process(crops, {"t": t, "mask": cmask})
-                    outs[n].append({**arrays, "t": t})
-                except Exception as e:  # noqa: BLE001
-                    fail(n, "extractor_error", _message(e))
-            if len(failed) == len(live):
-                break
+                    except Exception as e:  # noqa: BLE001
+                        fail(n, "extractor_error", _message(e))
+                if len(failed) == len(live):
+                    break
     except InputError as e:
         for n in live:
             fail(n, e.reason, _message(e))
@@ -428,7 +431,21 @@ def _audio_rate(config) -> int:
     return 16000
 
 
-def _run_audio(row, specs, outs, attrs, registry) -> None:
+def _audio_seconds(path) -> float | None:
+    """The audio stream's own announced duration (to notice a cut-off file), if it has one."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            a = c.streams.audio[0]
+            if a.duration is not None and a.time_base is not None:
+                return float(a.duration * a.time_base)
+    except Exception:  # noqa: BLE001  (probe already vouched for the file; this is a hint only)
+        pass
+    return None
+
+
+def _run_audio(row, specs, outs, attrs, registry, keep_partial=False) -> None:
     """Decode the audio once per sample rate; each audio extractor writes its own key."""
     import numpy as np
 
@@ -437,9 +454,21 @@ def _run_audio(row, specs, outs, attrs, registry) -> None:
     by_rate: dict[int, list[Spec]] = {}
     for s in specs:
         by_rate.setdefault(_audio_rate(s.config), []).append(s)
+    expected = _audio_seconds(row["path"])
     for sr, group in sorted(by_rate.items()):
         try:
-            samples = decode.read_audio(row["path"], sr=sr)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                samples = decode.read_audio(row["path"], sr=sr)
+            got = len(samples) / sr
+            early = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+            if expected and got < expected * 0.98 - 0.1:
+                early.append(f"decoded {got:.2f} s of the {expected:.2f} s the audio stream announces")
+            if early and not keep_partial:
+                for s in group:
+                    outs[s.name].fail("truncated", f"{row['path']}: audio {'; '.join(early)}; kept nothing"
+                                      " — fix: re-copy the file, or keep_partial=True to store it")
+                continue
         except InputError as e:
             for s in group:
                 outs[s.name].fail(e.reason, _message(e))
