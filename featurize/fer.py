@@ -213,12 +213,11 @@ class Fer(Extractor):
     def __init__(self, config: FerConfig | None = None):
         import torch
 
-        from featurize.weights import KNOWN, model_path, sha256_of
+        from featurize.weights import model_path, sha256_of
 
         super().__init__(config)
         c = self.config
-        # a file named like the known one is checked against its hash
-        self.path = model_path(c.weights, KNOWN.get(c.weights) if "/" not in c.weights else None)
+        self.path = model_path(c.weights)  # emotion_model.hdf5 is checked against its sha256
         self._sha = sha256_of(self.path)
         self.model = build_model(c.keras_padding)
         load_keras_weights(self.model, self.path)

@@ -205,7 +205,10 @@ def key_for(name: str, config=None, upstream: dict[str, str] | None = None,
     elif getattr(cls, "input", "frames") == "crops" or getattr(config, "on", None) == "crops":
         raise ValueError(f"{name!r} runs on face crops: pass upstream={{'faces': <faces key>}}")
     if weights_sha256 is ...:
-        weights_sha256 = get_cached(name, config).weights_sha256()
+        if cls.weights_sha256 is Extractor.weights_sha256:  # no weights file: build nothing
+            weights_sha256 = None
+        else:
+            weights_sha256 = get_cached(name, config).weights_sha256()
     libs = library_versions(cls.libraries)
     key = make_key(cls.version, params, weights_sha256, libs)
     provenance = {"extractor": name, "version": cls.version, "key": key, "params": params,

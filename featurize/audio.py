@@ -1,0 +1,148 @@
+"""`logmel` and `mfcc`: frame-level audio features with librosa at a 10 ms hop.
+
+Framing (both): 16 kHz mono from `decode.read_audio`, 25 ms Hann window (n_fft = win =
+400 samples), 10 ms hop (160 samples), centred frames (librosa `center=True`, zero
+padding): frame i is centred on sample i*160, so `t[i] = i * 0.01` s is the frame's
+centre. Frames whose centre lies inside the signal are kept: T = ceil(S / 160), i.e.
+T == duration*100 rounded up (within 1 of round(duration*100)).
+
+- logmel: 64 mel bands (Slaney mel, 0..8 kHz) of the power spectrogram, natural log with
+  a floor: log(max(mel, 1e-10)). data float16 [T, 64].
+- mfcc: 13 DCT-II coefficients of the log-mel (power_to_db of 40 bands, librosa default
+  ortho DCT) + delta + delta-delta (librosa.feature.delta, width 9, shortened for very
+  short clips) = data float16 [T, 39].
+mask is all True (every frame is valid audio); group attrs: hop 0.01, sr.
+
+Set NUMBA_CACHE_DIR to a writable folder: librosa's first call compiles for ~17 s in a
+process otherwise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from featurize.registry import Extractor, register
+
+
+def n_frames(n_samples: int, hop: int) -> int:
+    """Frames whose centre lies inside the signal: ceil(S / hop) (at least 1)."""
+    return max(1, -(-int(n_samples) // int(hop)))
+
+
+def _check(samples, sr, cfg_sr):
+    x = np.asarray(samples, np.float32).reshape(-1)
+    if sr != cfg_sr:
+        raise ValueError(f"expected audio at {cfg_sr} Hz, got {sr} Hz (read_audio(path, sr={cfg_sr}))")
+    return x
+
+
+def mel_power(x: np.ndarray, sr: int, n_fft: int, hop: int, win: int, n_mels: int,
+              fmin: float, fmax: float | None) -> np.ndarray:
+    """Mel power spectrogram [n_mels, T] with T = ceil(S/hop)."""
+    import librosa
+
+    if len(x) == 0:
+        x = np.zeros(1, np.float32)
+    m = librosa.feature.melspectrogram(y=x, sr=sr, n_fft=n_fft, hop_length=hop, win_length=win,
+                                       window="hann", center=True, pad_mode="constant",
+                                       power=2.0, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    return m[:, :n_frames(len(x), hop)]
+
+
+@dataclass(frozen=True)
+class LogmelConfig:
+    sr: int = 16000
+    n_mels: int = 64
+    win_ms: float = 25.0
+    hop_ms: float = 10.0
+    fmin: float = 0.0
+    fmax: float = 8000.0
+    floor: float = 1e-10
+
+    def __post_init__(self):
+        if self.n_mels < 1 or self.hop_ms <= 0 or self.win_ms <= 0 or self.floor <= 0:
+            raise ValueError("n_mels, hop_ms, win_ms and floor must be positive")
+
+
+@dataclass(frozen=True)
+class MfccConfig:
+    sr: int = 16000
+    n_mfcc: int = 13
+    n_mels: int = 40
+    win_ms: float = 25.0
+    hop_ms: float = 10.0
+    fmin: float = 0.0
+    fmax: float = 8000.0
+    deltas: bool = True               # + delta + delta-delta (39 dims with n_mfcc=13)
+    delta_width: int = 9
+
+    def __post_init__(self):
+        if self.n_mfcc < 1 or self.n_mels < self.n_mfcc:
+            raise ValueError("need 1 <= n_mfcc <= n_mels")
+        if self.delta_width < 3 or self.delta_width % 2 == 0:
+            raise ValueError("delta_width must be odd and >= 3")
+
+
+class _Audio(Extractor):
+    input = "audio"
+    libraries = ("librosa", "av", "numpy")
+
+    def _framing(self):
+        c = self.config
+        win = int(round(c.sr * c.win_ms / 1000.0))
+        hop = int(round(c.sr * c.hop_ms / 1000.0))
+        return win, hop, win  # n_fft = window length (400 at 16 kHz)
+
+    def _out(self, feats: np.ndarray) -> dict[str, np.ndarray]:
+        """feats [T, D] float -> data, mask, t."""
+        t = np.arange(len(feats), dtype=np.float64) * (self.config.hop_ms / 1000.0)
+        return {"data": feats.astype(np.float16), "mask": np.ones(len(feats), bool), "t": t}
+
+    def finish(self) -> dict:
+        return {"hop": self.config.hop_ms / 1000.0, "sr": self.config.sr,
+                "t": "frame centre, t[i] = i * hop"}
+
+
+@register
+class Logmel(_Audio):
+    name = "logmel"
+    version = "1"
+    Config = LogmelConfig
+
+    def extract(self, samples: np.ndarray, sr: int) -> dict[str, np.ndarray]:
+        c = self.config
+        x = _check(samples, sr, c.sr)
+        n_fft, hop, win = self._framing()
+        m = mel_power(x, c.sr, n_fft, hop, win, c.n_mels, c.fmin, c.fmax)
+        return self._out(np.log(np.maximum(m, c.floor)).T)
+
+
+def _delta(m: np.ndarray, width: int, order: int) -> np.ndarray:
+    import librosa
+
+    T = m.shape[1]
+    w = min(width, T if T % 2 else T - 1)
+    if w < 3:
+        return np.zeros_like(m)
+    return librosa.feature.delta(m, width=w, order=order, axis=-1)
+
+
+@register
+class Mfcc(_Audio):
+    name = "mfcc"
+    version = "1"
+    Config = MfccConfig
+
+    def extract(self, samples: np.ndarray, sr: int) -> dict[str, np.ndarray]:
+        import librosa
+
+        c = self.config
+        x = _check(samples, sr, c.sr)
+        n_fft, hop, win = self._framing()
+        m = mel_power(x, c.sr, n_fft, hop, win, c.n_mels, c.fmin, c.fmax)
+        mf = librosa.feature.mfcc(S=librosa.power_to_db(m), n_mfcc=c.n_mfcc)
+        parts = [mf]
+        if c.deltas:
+            parts += [_delta(mf, c.delta_width, 1), _delta(mf, c.delta_width, 2)]
+        return self._out(np.concatenate(parts, axis=0).T)

@@ -1,0 +1,181 @@
+"""`backbone`: any torch image model from a local file the user names, on crops or frames.
+
+Two ways to name a model (`weights` is always a local path; nothing is downloaded):
+- TorchScript (`arch=""`, the default): a `torch.jit.script`/`trace` file saved with
+  `torch.jit.save`, loaded with `torch.jit.load`. The way to bring ResNet/IR-50 features.
+- a state dict (`arch="<name>"`): `torch.load(weights_only=True)` into an architecture
+  registered here with `@register_arch` (`tiny_cnn` ships for tests), or
+  `arch="torchvision:<model>"` when torchvision is installed.
+
+Input: `on="crops"` (the faces crops; masked crops are not run, zeros there) or
+`on="frames"` (whole frames). Each batch goes to the device as uint8, is resized there to
+`size` x `size` (bilinear, antialiased; whole frames are not letterboxed), scaled to
+[0, 1] and normalised with `mean`/`std`. The model's output (the first one when it returns
+several) is flattened to data float16 [T, D]. `device="auto"` uses CUDA when available.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from featurize.registry import Extractor, register
+from store.errors import InputError
+
+ARCHS: dict[str, Callable] = {}
+
+
+def register_arch(name: str):
+    """Register a function `(**kwargs) -> nn.Module` under `name` for state-dict weights."""
+    def deco(fn):
+        ARCHS[name] = fn
+        return fn
+    return deco
+
+
+@register_arch("tiny_cnn")
+def tiny_cnn(out_dim: int = 16):
+    """A two-layer CNN with global pooling: for tests and smoke runs, not for features."""
+    from torch import nn
+
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, out_dim, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    weights: str = ""                 # local file: TorchScript, or a state dict with `arch`
+    arch: str = ""                    # "" = TorchScript; a registered name; "torchvision:<name>"
+    on: str = "crops"                 # "crops" (faces crops) | "frames" (whole frames)
+    size: int = 112
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    batch: int = 64
+    device: str = "auto"              # "auto" | "cpu" | "cuda" | "cuda:N"
+    threads: int = 1                  # torch.set_num_threads on CPU
+
+    def __post_init__(self):
+        if self.on not in ("crops", "frames"):
+            raise ValueError("on must be 'crops' or 'frames'")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need 3 values (std > 0)")
+        if self.batch < 1 or self.size < 8:
+            raise ValueError("batch must be >= 1 and size >= 8")
+
+
+def _load(c: BackboneConfig, path: Path, device):
+    import torch
+
+    if not c.arch:
+        try:
+            return torch.jit.load(str(path), map_location=device)
+        except Exception as e:  # noqa: BLE001 - torch raises RuntimeError/ValueError variants
+            raise InputError(path, "extractor_error", f"not a TorchScript model ({type(e).__name__}: {e})",
+                             "save it with torch.jit.save(torch.jit.script(model), path), or pass "
+                             "backbone.arch=<name> for a state dict") from None
+    if c.arch.startswith("torchvision:"):
+        try:
+            import torchvision
+        except ImportError:
+            raise InputError(path, "extractor_error", f"arch {c.arch} needs torchvision, not installed",
+                             "pip install torchvision, or save the model as TorchScript") from None
+        model = torchvision.models.get_model(c.arch.split(":", 1)[1], weights=None)
+    elif c.arch in ARCHS:
+        model = ARCHS[c.arch]()
+    else:
+        raise InputError(path, "extractor_error", f"unknown backbone arch {c.arch!r}",
+                         f"use one of {sorted(ARCHS)} or torchvision:<name>, or TorchScript (arch='')")
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+            sd = sd["state_dict"]
+        model.load_state_dict(sd)
+    except Exception as e:  # noqa: BLE001
+        raise InputError(path, "extractor_error",
+                         f"cannot load a {c.arch} state dict ({type(e).__name__}: {e})",
+                         "save model.state_dict() with torch.save for that architecture") from None
+    return model.to(device)
+
+
+@register
+class Backbone(Extractor):
+    name = "backbone"
+    version = "1"
+    Config = BackboneConfig
+    input = "crops"                   # the instance says "frames" when config.on == "frames"
+    libraries = ("torch",)
+
+    def __init__(self, config: BackboneConfig | None = None):
+        import torch
+
+        from featurize.weights import model_path, sha256_of
+
+        super().__init__(config)
+        c = self.config
+        self.input = c.on
+        if not c.weights:
+            raise InputError("backbone", "extractor_error", "no model file named",
+                             "pass backbone.weights=/path/to/model.pt (TorchScript or a state dict + arch)")
+        self.path = model_path(c.weights, sha256="")
+        self._sha = sha256_of(self.path)
+        if c.device == "auto":
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        else:
+            dev = c.device
+        self.device = torch.device(dev)
+        self.model = _load(c, self.path, self.device)
+        self.model.eval()
+        self._mean = torch.tensor(c.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(c.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._torch = torch
+
+    def weights_sha256(self) -> str | None:
+        return self._sha
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """RGB uint8 [N,H,W,3] -> float32 [N, D]."""
+        torch = self._torch
+        import torch.nn.functional as F
+
+        c = self.config
+        outs = []
+        prev = torch.get_num_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(c.threads)
+        try:
+            with torch.inference_mode():
+                for i in range(0, len(images), c.batch):
+                    x = torch.from_numpy(np.ascontiguousarray(images[i:i + c.batch])).to(self.device)
+                    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+                    if x.shape[-2:] != (c.size, c.size):
+                        x = F.interpolate(x, size=(c.size, c.size), mode="bilinear",
+                                          align_corners=False, antialias=True)
+                    y = self.model((x - self._mean) / self._std)
+                    if isinstance(y, (tuple, list)):
+                        y = y[0]
+                    outs.append(y.reshape(len(x), -1).float().cpu().numpy())
+        finally:
+            torch.set_num_threads(prev)
+        return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+    def process(self, frames: np.ndarray, ctx: dict) -> dict[str, np.ndarray]:
+        n = len(frames)
+        if self.input == "crops":
+            mask = np.asarray(ctx.get("mask", np.ones(n, bool)), bool).copy()
+        else:
+            mask = np.ones(n, bool)
+        idx = np.flatnonzero(mask)
+        if len(idx) == 0:
+            dim = getattr(self, "_dim", None)
+            if dim is None:  # learn D once from a dummy image so shapes stay fixed per video
+                dim = self._dim = self.embed(np.zeros((1, self.config.size, self.config.size, 3),
+                                                      np.uint8)).shape[1]
+            return {"data": np.zeros((n, dim), np.float16), "mask": mask}
+        y = self.embed(frames[idx])
+        self._dim = y.shape[1]
+        data = np.zeros((n, y.shape[1]), np.float16)
+        data[idx] = y.astype(np.float16)
+        return {"data": data, "mask": mask}
