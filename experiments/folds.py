@@ -25,13 +25,15 @@ class FoldSpec:
     n: int = 5              # kfold only
     seed: int = 0           # shuffling for abaw2 / kfold
     by: str | None = None   # kfold: keep rows with the same value of this field ("group") together
+    stratify: str | None = None   # kfold: deal each value of this field (e.g. "labels.quadrant") evenly
 
     def file_name(self) -> str:
         if self.scheme == "split":
             return "split.jsonl"
         if self.scheme == "abaw2":
             return f"abaw2-seed{self.seed}.jsonl"
-        return f"kfold{self.n}-seed{self.seed}" + (f"-by-{self.by}" if self.by else "") + ".jsonl"
+        return (f"kfold{self.n}-seed{self.seed}" + (f"-by-{self.by}" if self.by else "")
+                + (f"-strat-{self.stratify}" if self.stratify else "") + ".jsonl")
 
 
 def assign(rows: list[dict], spec: FoldSpec) -> dict[str, object]:
@@ -61,15 +63,38 @@ def assign(rows: list[dict], spec: FoldSpec) -> dict[str, object]:
         out.update({vid: 5 for vid in val})
         return out
     if spec.scheme == "kfold":
+        if spec.by and spec.stratify:
+            raise InputError("<config>", "bad_labels", "folds: use `by` or `stratify`, not both")
+        if spec.stratify:
+            # shuffle within each stratum, then deal round-robin, continuing where the last
+            # stratum stopped so fold sizes stay within one of each other
+            strata: dict[str, list[str]] = {}
+            for r in sorted(rows, key=lambda r: r["video_id"]):
+                strata.setdefault(str(field_value(r, spec.stratify)), []).append(r["video_id"])
+            out, pos = {}, 0
+            for key in sorted(strata):
+                members = strata[key]
+                for i in rng.permutation(len(members)):
+                    out[members[i]] = pos % spec.n
+                    pos += 1
+            return out
         if spec.by:
-            groups = sorted({str(r.get(spec.by)) for r in rows})
+            groups = sorted({str(field_value(r, spec.by)) for r in rows})
             order = [groups[i] for i in rng.permutation(len(groups))]
             gfold = {g: i % spec.n for i, g in enumerate(order)}
-            return {r["video_id"]: gfold[str(r.get(spec.by))] for r in rows}
+            return {r["video_id"]: gfold[str(field_value(r, spec.by))] for r in rows}
         order = [ids[i] for i in rng.permutation(len(ids))]
         return {vid: i % spec.n for i, vid in enumerate(order)}
     raise InputError("<config>", "bad_labels", f"unknown fold scheme {spec.scheme!r}",
                      fix=f"folds.scheme must be one of {', '.join(SCHEMES)}")
+
+
+def field_value(row: dict, dotted: str):
+    """``labels.quadrant`` -> row["labels"]["quadrant"] (None when absent)."""
+    node = row
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def folds_path(store_root, dataset: str, spec: FoldSpec) -> Path:
@@ -108,11 +133,13 @@ def load_or_create(store_root, dataset: str, rows: list[dict], spec: FoldSpec) -
     return folds
 
 
-def roles(folds: dict[str, object], test, val=None) -> dict[str, list[str]]:
+def roles(folds: dict[str, object], test, val=None, train=None) -> dict[str, list[str]]:
     """Split video ids into train / val / test given the held-out fold(s).
 
     ``val`` None means: select the model on the test fold itself (what the ABAW2 reference
-    did with its validation set); the run records that, see train.py.
+    did with its validation set); the run records that, see train.py. ``train`` None: every
+    other fold trains; a list names the training folds (e.g. ["train"] so that unlabelled
+    test videos stay out of the normalisation statistics).
     """
     def norm(v):
         return str(v)
@@ -132,7 +159,7 @@ def roles(folds: dict[str, object], test, val=None) -> dict[str, list[str]]:
         if f == val_s:
             if f != test_s:
                 out["val"].append(vid)
-        if f not in (test_s, val_s):
+        if f not in (test_s, val_s) and (train is None or f in {norm(t) for t in train}):
             out["train"].append(vid)
     if val is None or val_s == test_s:
         out["val"] = list(out["test"])

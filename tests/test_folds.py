@@ -83,3 +83,17 @@ def test_ccc_centering_matches_the_formula():
 def test_ccc_centering_identical_folds_is_identity():
     y = np.sin(np.linspace(0, 3, 50)) * 0.8
     np.testing.assert_allclose(ccc_centering(np.stack([y, y, y])), y)
+
+
+def test_stratified_kfold_balances_each_class_over_folds():
+    rows = [{"video_id": f"v{i:02d}", "labels": {"q": "abcd"[i % 4]}} for i in range(16)]
+    folds = assign(rows, FoldSpec("kfold", n=4, seed=1, stratify="labels.q"))
+    for f in range(4):
+        members = [r for r in rows if folds[r["video_id"]] == f]
+        assert sorted(r["labels"]["q"] for r in members) == ["a", "b", "c", "d"]
+
+
+def test_roles_with_named_training_folds_leave_the_rest_out():
+    folds = {"a": "train", "b": "train", "c": "val", "d": "test"}
+    r = roles(folds, test="val", val=None, train=["train"])
+    assert r == {"train": ["a", "b"], "val": ["c"], "test": ["c"]}

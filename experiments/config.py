@@ -1,0 +1,300 @@
+"""Study configs: one YAML per study, read with `yaml.safe_load` into dataclasses.
+
+Why dataclasses: a typo in a YAML key or a `--set` path stops the run at load time with the
+list of valid keys, instead of being silently ignored 40 minutes into training.
+
+A study YAML may start with ``extends: <study or path>``: the parent is loaded first and
+the child's keys are merged into it (dicts merge, everything else replaces).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from store.errors import InputError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass
+class FeatureSpec:
+    """One cached feature: extractor + params resolve to a store key (or give ``key``)."""
+    extractor: str
+    params: dict = field(default_factory=dict)
+    upstream: dict = field(default_factory=dict)   # e.g. {faces: {margin: 0.6}} for crop extractors
+    key: str | None = None                         # pin a key instead of computing it
+    array: str = "data"                            # which array of the group ("logits" for fer)
+
+
+@dataclass
+class LabelsConfig:
+    source: str = "frames"        # frames: per-frame labels (load_frame_labels); clip: row["labels"]
+    targets: list = field(default_factory=list)
+    # frame targets: label names; clip targets from frames: "mean(valence)", "q25(arousal)", ...;
+    # classification: one target, a clip label name or "quadrant(valence,arousal)"
+    scale: list | None = None     # [lo, hi, new_lo, new_hi]: linear map applied to targets
+    classes: list | None = None   # classification: class names in logit order
+
+
+@dataclass
+class DataConfig:
+    window: int = 300
+    hop: int = 200
+    mask_no_face: bool = True          # frames without a face count in neither loss nor metrics
+    squeeze_unlabelled: bool = False   # the ABAW2 reference: drop unlabelled frames before windowing
+    normalize: bool = True             # per-dim mean/std from the training videos only
+    clip: int | None = None            # clip tasks: cut length in frames (None = whole video)
+    clip_hop: int | None = None
+    min_clip: int = 1
+    segments: int = 16                 # segment tasks: tokens per clip
+    max_frames: int | None = None      # clip tasks: crop longer clips at train time (memory)
+
+
+@dataclass
+class FoldsConfig:
+    scheme: str = "split"   # split | abaw2 | kfold
+    n: int = 5
+    seed: int = 0
+    by: str | None = None          # kfold: keep rows sharing this field together (e.g. group)
+    stratify: str | None = None    # kfold: balance this field over folds (e.g. labels.quadrant)
+    test: typing.Any = "test"
+    val: typing.Any = "val"   # None: select the model on the test fold (recorded as such)
+    train: list | None = None  # training folds; None = every fold that is not test / val
+
+
+@dataclass
+class HeadConfig:
+    name: str = "lfan"
+    args: dict = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    name: str = "ccc"
+    args: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"         # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = 0.9
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "none"         # none | plateau | step | cosine (linear warm-up then cosine)
+    patience: int = 5
+    factor: float = 0.1
+    step_size: int = 10
+    gamma: float = 0.5
+    warmup_epochs: int = 0
+    min_lr: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 8
+    grad_clip: float | None = 1.0
+    early_stop: int | None = None   # epochs without improvement of the monitor
+    monitor: str | None = None      # metrics key to select on (default per task), higher is better
+    amp: bool = True                # only on CUDA
+    accumulate: int = 1
+    eval_batch_size: int = 64
+
+
+@dataclass
+class ReportConfig:
+    n_traces: int = 3
+
+
+@dataclass
+class StudyConfig:
+    name: str
+    dataset: str
+    task: str = "frames"   # frames | clip_regression | clip_classification (see experiments.tasks)
+    seed: int = 0
+    description: str = ""
+    features: dict = field(default_factory=dict)   # modality -> [FeatureSpec]; YAML order kept
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def study_path(study) -> Path:
+    """A YAML path, or a study name looked up in experiments/configs."""
+    p = Path(study)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        if not p.is_file():
+            raise InputError(p, "missing_file", "study config not found",
+                             fix=f"give a YAML path or one of: {', '.join(available())}")
+        return p
+    p = CONFIG_DIR / f"{study}.yaml"
+    if not p.is_file():
+        raise InputError(p, "missing_file", f"no study named {study!r}",
+                         fix=f"one of: {', '.join(available())}, or a path to a YAML")
+    return p
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_raw(study, _seen=()) -> dict:
+    """The YAML as a dict with ``extends`` resolved."""
+    path = study_path(study)
+    if path.resolve() in _seen:
+        raise InputError(path, "bad_labels", "circular `extends`")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise InputError(path, "bad_labels", "a study YAML must be a mapping")
+    parent = raw.pop("extends", None)
+    if parent:
+        base = load_raw(parent if not str(parent).endswith((".yaml", ".yml"))
+                        else path.parent / parent, _seen + (path.resolve(),))
+        raw = merge(base, raw)
+    raw.setdefault("name", path.stem)
+    return raw
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def apply_overrides(raw: dict, overrides) -> dict:
+    """``a.b=c`` pairs: the value is parsed as YAML, then cast to the type of the value it
+    replaces (so ``optim.lr=1e-4`` stays a float and ``folds.test=3`` an int)."""
+    raw = copy.deepcopy(raw)
+    defaults = StudyConfig(name="", dataset="").to_dict()
+    for item in overrides or ():
+        if "=" not in item:
+            raise InputError("--set", "bad_labels", f"{item!r} is not a.b=c", fix="e.g. --set optim.lr=1e-4")
+        path, text = item.split("=", 1)
+        keys = path.strip().split(".")
+        node, dnode = raw, defaults
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            dnode = dnode.get(k, {}) if isinstance(dnode, dict) else {}
+            if not isinstance(node, dict):
+                raise InputError("--set", "bad_labels", f"{path}: {k} is not a mapping")
+        last = keys[-1]
+        old = node.get(last, dnode.get(last) if isinstance(dnode, dict) else None)
+        node[last] = _typed(yaml.safe_load(text) if text.strip() else None, old, path)
+    return raw
+
+
+def _typed(value, old, path):
+    if value is None or old is None:
+        return value
+    try:
+        if isinstance(old, bool):
+            if isinstance(value, str):
+                return value.lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if isinstance(old, int) and not isinstance(value, bool):
+            return int(value)
+        if isinstance(old, float):
+            return float(value)
+        if isinstance(old, str):
+            return str(value)
+    except (TypeError, ValueError):
+        raise InputError("--set", "bad_labels", f"{path}={value!r}: expected {type(old).__name__}") from None
+    return value
+
+
+def from_dict(raw: dict) -> StudyConfig:
+    raw = copy.deepcopy(raw)
+    feats = raw.get("features") or {}
+    if not isinstance(feats, dict):
+        raise InputError("<config>", "bad_labels", "features must map modality -> list of features")
+    raw["features"] = {m: [_build(FeatureSpec, f if isinstance(f, dict) else {"extractor": f}, f"features.{m}")
+                           for f in (specs if isinstance(specs, list) else [specs])]
+                       for m, specs in feats.items()}
+    return _build(StudyConfig, raw, "")
+
+
+def load(study, overrides=()) -> StudyConfig:
+    return from_dict(apply_overrides(load_raw(study), overrides))
+
+
+def dump(cfg: StudyConfig, path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _build(cls, raw, where):
+    if dataclasses.is_dataclass(raw):
+        return raw
+    if not isinstance(raw, dict):
+        raise InputError("<config>", "bad_labels", f"{where or 'config'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise InputError("<config>", "bad_labels", f"unknown key(s) {unknown} in {where or 'config'}",
+                         fix=f"valid keys: {', '.join(sorted(names))}")
+    kw = {}
+    for k, v in raw.items():
+        t = hints[k]
+        sub = _dataclass_of(t)
+        if sub is not None and isinstance(v, dict):
+            kw[k] = _build(sub, v, f"{where}.{k}".strip("."))
+        else:
+            kw[k] = _coerce(v, t, f"{where}.{k}".strip("."))
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise InputError("<config>", "bad_labels", f"{where or 'config'}: {e}") from None
+
+
+def _dataclass_of(t):
+    if dataclasses.is_dataclass(t):
+        return t
+    return None
+
+
+def _coerce(v, t, where):
+    """YAML 1.1 reads 1e-5 as a string: cast scalars to the annotated type."""
+    if v is None:
+        return None
+    args = typing.get_args(t) if typing.get_origin(t) in (typing.Union, types.UnionType) else (t,)
+    args = [a for a in args if a is not type(None)]
+    if not args:
+        return v
+    base = args[0]
+    try:
+        if base is float and isinstance(v, (int, str)) and not isinstance(v, bool):
+            return float(v)
+        if base is int and isinstance(v, str):
+            return int(v)
+        if base is bool and isinstance(v, str):
+            return v.lower() in ("1", "true", "yes", "on")
+    except ValueError:
+        raise InputError("<config>", "bad_labels", f"{where}: {v!r} is not a {base.__name__}") from None
+    return v
