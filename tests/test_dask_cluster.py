@@ -17,7 +17,7 @@ from store.reader import manifest_rows, read_video
 
 pytestmark = pytest.mark.cluster
 BIN = Path(sys.executable).parent
-EXTRACTORS = ["faces", "fer"]
+EXTRACTORS = ["faces", "fer", "logmel"]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_external_cluster_equals_inline(rows, reference, tmp_path):
         assert address.startswith("tcp://127.0.0.1:")
         store = tmp_path / "store"
         s = run_features(rows, store, EXTRACTORS, scheduler=address, progress=False)
-        assert (s.done, s.failed_total) == (len(rows) * 2, 0)
+        assert (s.done, s.failed_total) == (len(rows) * len(EXTRACTORS), 0)
         ref_store, keys = reference
         assert s.keys == keys
         assert_same_arrays(ref_store, store, keys, rows)
@@ -102,5 +102,5 @@ def test_external_cluster_equals_inline(rows, reference, tmp_path):
 def test_local_cluster_equals_inline(rows, reference, tmp_path):
     store = tmp_path / "store"
     s = run_features(rows, store, EXTRACTORS, workers=2, progress=False)
-    assert (s.done, s.failed_total) == (len(rows) * 2, 0)
+    assert (s.done, s.failed_total) == (len(rows) * len(EXTRACTORS), 0)
     assert_same_arrays(reference[0], store, reference[1], rows)

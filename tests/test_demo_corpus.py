@@ -72,11 +72,12 @@ def test_deterministic(corpus, tmp_path):
 
 
 def _detector():
-    """The project's faces extractor's detector when it exists, else mediapipe's own."""
-    import mediapipe as mp
+    """The project's `faces` extractor (mediapipe short-range, its default settings)."""
+    from featurize import registry
 
-    det = mp.solutions.face_detection.FaceDetection(model_selection=0, min_detection_confidence=0.5)
-    return lambda rgb: bool(det.process(rgb).detections)
+    faces = registry.get_cached("faces", registry.parse_config("faces"))
+    assert faces.config.model_selection == 0
+    return lambda rgb: bool(len(faces.detect(rgb)[0]))
 
 
 def test_mediapipe_finds_the_drawn_face(corpus):

@@ -114,3 +114,20 @@ def test_prepare_rows_and_manifest(rows, tmp_path):
     assert [r["video_id"] for r in back] == [r["video_id"] for r in rows]
     assert back[0]["frame_labels"]["format"] == "csv"
     assert os.path.isfile(back[0]["frame_labels"]["path"])
+
+
+def test_all_extractor_kinds_in_one_pass(rows, tmp_path, fer_weights):
+    """frames (faces) -> crops (mesh, fer) and audio (logmel, mfcc) from one decode each."""
+    s = run_features(rows[:1], tmp_path, ["mesh", "fer", "logmel", "mfcc"], scheduler="inline", progress=False)
+    assert (s.done, s.failed_total) == (5, 0) and set(s.keys) == {"faces", "mesh", "fer", "logmel", "mfcc"}
+    vid, T = rows[0]["video_id"], int(SECONDS * FPS)
+    mesh, _ = read_video(tmp_path, "mesh", s.keys["mesh"], vid)
+    assert mesh["data"].shape == (T, 468 * 3) and mesh["mask"].mean() > 0.9
+    mfcc, attrs = read_video(tmp_path, "mfcc", s.keys["mfcc"], vid)
+    assert mfcc["data"].shape[1] == 39 and abs(mfcc["data"].shape[0] - SECONDS * 100) <= 8  # AAC end padding
+    assert attrs["hop"] == pytest.approx(0.01)
+    mel, _ = read_video(tmp_path, "logmel", s.keys["logmel"], vid)
+    assert mel["data"].shape == (mfcc["data"].shape[0], 64)
+    for name in ("mesh", "fer"):
+        (k,) = [k for k in list_keys(tmp_path) if k["extractor"] == name]
+        assert k["provenance"]["params"]["upstream"] == {"faces": s.keys["faces"]}
