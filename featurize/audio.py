@@ -18,6 +18,7 @@ process otherwise.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,9 +45,11 @@ def mel_power(x: np.ndarray, sr: int, n_fft: int, hop: int, win: int, n_mels: in
 
     if len(x) == 0:
         x = np.zeros(1, np.float32)
-    m = librosa.feature.melspectrogram(y=x, sr=sr, n_fft=n_fft, hop_length=hop, win_length=win,
-                                       window="hann", center=True, pad_mode="constant",
-                                       power=2.0, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    with warnings.catch_warnings():  # clips shorter than one window: librosa warns, pads
+        warnings.filterwarnings("ignore", message="n_fft=.*too large")
+        m = librosa.feature.melspectrogram(y=x, sr=sr, n_fft=n_fft, hop_length=hop, win_length=win,
+                                           window="hann", center=True, pad_mode="constant",
+                                           power=2.0, n_mels=n_mels, fmin=fmin, fmax=fmax)
     return m[:, :n_frames(len(x), hop)]
 
 
