@@ -148,7 +148,11 @@ class Task:
         self.n_outputs = len(cfg.labels.targets)
 
     def build_model(self) -> nn.Module:
-        return HEADS[self.cfg.head.name][0](self, dict(self.cfg.head.args))
+        try:
+            return HEADS[self.cfg.head.name][0](self, dict(self.cfg.head.args))
+        except (TypeError, ValueError) as e:
+            raise InputError("<config>", "bad_labels", f"head {self.cfg.head.name!r}: {e}",
+                             fix="check head.args against the head's constructor (heads/)") from None
 
     def forward(self, model, b):
         return _call(self.cfg.head.name, model, b)
