@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import time
 import traceback
 import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -499,6 +499,8 @@ def _client(workers, scheduler):
     import dask
     from distributed import Client, LocalCluster
 
+    if isinstance(scheduler, Client):          # the caller's client: used, not closed
+        return scheduler, None
     if scheduler:
         if os.path.isfile(str(scheduler)):     # a --scheduler-file
             return Client(scheduler_file=str(scheduler)), None
@@ -538,7 +540,8 @@ def run_features(rows, store_root, extractors, overrides: dict | None = None, wo
     """Featurize `rows` into `store_root` with `extractors` (names; `overrides` {name: {field: value}}).
 
     scheduler: None -> a LocalCluster of `workers` (default: cores) single-threaded processes;
-    "tcp://host:port" (or a scheduler file) -> that cluster; "inline" -> this process, no
+    "tcp://host:port", a scheduler file or a distributed.Client -> that cluster (models are
+    loaded once per worker before the first task); "inline" -> this process, no
     Dask (debugging, tiny inputs). shard=(i, n): rows sorted by video_id, keep index % n == i.
     """
     from store.writer import FeatureStore
@@ -597,7 +600,9 @@ def _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, coll
     from distributed import as_completed
 
     client, cluster = _client(workers, scheduler)
+    owned = client is not scheduler
     try:
+        _preload(client, todo)
         futures = {}
         for row, need, write in todo:
             fut = client.submit(featurize_video, row, need, str(store_root), write, keep_partial,
@@ -620,6 +625,27 @@ def _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, coll
             bar.update(1)
         bar.close()
     finally:
-        client.close()
+        if owned:
+            client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _load_models(specs) -> int:
+    """Build each extractor once in this worker process (registry.get_cached keeps it)."""
+    _worker_setup()
+    registry = _load_registry()
+    for s in specs:
+        registry.get_cached(s.name, s.config)
+    return os.getpid()
+
+
+def _preload(client, todo) -> None:
+    """Load the models on every worker before the first video, not inside its timing; a
+    worker that joins later loads them on its first task (get_cached)."""
+    specs = list({s.name: s for _row, need, _w in todo for s in need}.values())
+    try:
+        client.run(_load_models, specs)
+    except Exception as e:  # noqa: BLE001  (the tasks load lazily and record their own errors)
+        print(f"warning: preloading models on the workers failed ({_message(e)}); "
+              "each task will load them", file=sys.stderr)
