@@ -202,7 +202,7 @@ def key_for(name: str, config=None, upstream: dict[str, str] | None = None,
     params = _jsonable(dataclasses.asdict(config))
     if upstream:
         params["upstream"] = dict(sorted(upstream.items()))
-    elif getattr(cls, "input", "frames") == "crops" or getattr(config, "on", None) == "crops":
+    elif (getattr(config, "on", None) or cls.input) == "crops":  # backbone: config.on says
         raise ValueError(f"{name!r} runs on face crops: pass upstream={{'faces': <faces key>}}")
     if weights_sha256 is ...:
         if cls.weights_sha256 is Extractor.weights_sha256:  # no weights file: build nothing

@@ -1,0 +1,137 @@
+"""The extractor registry and keys; the backbone extractor with tiny models saved by the test."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+import featurize
+from featurize import registry
+from featurize.backbone import BackboneConfig, tiny_cnn
+from store.errors import InputError
+from store.keys import key_from_provenance
+
+
+def test_all_extractors_register_without_heavy_imports():
+    import subprocess
+    import sys
+
+    code = ("import sys, featurize; print(featurize.names()); "
+            "print(sorted(m for m in ('torch','mediapipe','librosa','cv2','av') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["['backbone', 'faces', 'fer', 'logmel', 'mesh', 'mfcc']", "[]"]
+
+
+def test_configs_are_frozen_dataclasses():
+    for name in featurize.names():
+        cls = registry.get(name)
+        assert dataclasses.is_dataclass(cls.Config) and cls.Config.__dataclass_params__.frozen
+        assert cls.version and cls.input in ("frames", "crops", "audio")
+
+
+def test_key_changes_with_params_and_only_then():
+    k1, prov = registry.key_for("logmel")
+    assert registry.key_for("logmel", registry.parse_config("logmel", {}))[0] == k1
+    assert registry.key_for("logmel", registry.parse_config("logmel", {"n_mels": "80"}))[0] != k1
+    assert key_from_provenance(prov) == k1 and prov["libraries"]["librosa"]
+    f1 = registry.key_for("faces")[0]
+    f2 = registry.key_for("faces", registry.parse_config("faces", {"margin": 0.3}))[0]
+    assert f1 != f2 and f1.startswith(registry.get("faces").version + "-")
+
+
+def test_crop_extractor_keys_include_the_faces_key(fer_weights):
+    f1 = registry.key_for("faces")[0]
+    f2 = registry.key_for("faces", registry.parse_config("faces", {"margin": 0.3}))[0]
+    for name in ("mesh", "fer"):
+        with pytest.raises(ValueError):
+            registry.key_for(name)
+        a, prov = registry.key_for(name, upstream={"faces": f1})
+        assert registry.key_for(name, upstream={"faces": f1})[0] == a
+        assert registry.key_for(name, upstream={"faces": f2})[0] != a
+        assert prov["params"]["upstream"] == {"faces": f1} and key_from_provenance(prov) == a
+    _, prov = registry.key_for("fer", upstream={"faces": f1})
+    assert prov["weights_sha256"].startswith("59534287")
+
+
+def test_parse_config_coerces_and_refuses():
+    c = registry.parse_config("faces", {"size": "96", "smooth": "0.5", "margin": 0})
+    assert (c.size, c.smooth, c.margin) == (96, 0.5, 0.0)
+    c = registry.parse_config("mesh", {"static": "false"})
+    assert c.static is False
+    c = registry.parse_config("backbone", {"mean": "0.5,0.5,0.5", "weights": "x.pt"})
+    assert c.mean == (0.5, 0.5, 0.5)
+    with pytest.raises(InputError) as e:
+        registry.parse_config("faces", {"margn": 0.2})
+    assert "margin" in str(e.value)
+    with pytest.raises(InputError):
+        registry.parse_config("faces", {"smooth": 2.0})
+    with pytest.raises(InputError):
+        registry.get("nope")
+
+
+def test_get_cached_builds_once():
+    a = registry.get_cached("logmel")
+    assert registry.get_cached("logmel", registry.parse_config("logmel")) is a
+    assert registry.get_cached("logmel", registry.parse_config("logmel", {"n_mels": 32})) is not a
+
+
+# --- backbone -------------------------------------------------------------------------------
+
+def _crops(n=5, size=40):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_backbone_torchscript_on_crops(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.script(tiny_cnn(out_dim=6).eval()), str(path))
+    cfg = registry.parse_config("backbone", {"weights": str(path), "size": 32, "batch": 2, "device": "cpu"})
+    ext = registry.get_cached("backbone", cfg)
+    assert ext.input == "crops"
+    crops, mask = _crops(), np.array([1, 0, 1, 1, 0], bool)
+    out = ext.process(crops, {"t": np.arange(5) / 25, "mask": mask})
+    assert out["data"].dtype == np.float16 and out["data"].shape == (5, 6)
+    assert (out["mask"] == mask).all() and not out["data"][~mask].any() and out["data"][mask].any()
+    none = ext.process(crops, {"mask": np.zeros(5, bool)})
+    assert none["data"].shape == (5, 6) and not none["mask"].any()
+    # same numbers whatever the batching
+    again = ext.embed(crops[[0, 2, 3]])
+    assert np.allclose(again.astype(np.float16), out["data"][mask], atol=1e-2)
+    key, prov = registry.key_for("backbone", cfg, upstream={"faces": "1-abcdef12"})
+    assert prov["weights_sha256"] and key_from_provenance(prov) == key
+
+
+def test_backbone_state_dict_on_frames(tmp_path):
+    import torch
+
+    torch.manual_seed(1)
+    path = tmp_path / "tiny_sd.pt"
+    torch.save(tiny_cnn().state_dict(), str(path))
+    cfg = BackboneConfig(weights=str(path), arch="tiny_cnn", on="frames", size=32, device="cpu")
+    ext = registry.get_cached("backbone", cfg)
+    assert ext.input == "frames"
+    frames = _crops(3, size=64)
+    out = ext.process(frames, {"t": np.arange(3) / 25})
+    assert out["data"].shape == (3, 16) and out["mask"].all()
+    k_frames = registry.key_for("backbone", cfg)[0]  # whole frames need no upstream
+    torch.save(tiny_cnn().state_dict(), str(tmp_path / "other.pt"))
+    other = dataclasses.replace(cfg, weights=str(tmp_path / "other.pt"))
+    assert registry.key_for("backbone", other)[0] != k_frames  # new weights, new key
+
+
+def test_backbone_bad_files(tmp_path):
+    with pytest.raises(InputError) as e:
+        registry.get("backbone")(BackboneConfig())
+    assert "backbone.weights" in str(e.value)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(InputError) as e:
+        registry.get("backbone")(BackboneConfig(weights=str(junk), device="cpu"))
+    assert "TorchScript" in str(e.value)
+    with pytest.raises(InputError):
+        registry.get("backbone")(BackboneConfig(weights=str(junk), arch="tiny_cnn", device="cpu"))
+    with pytest.raises(InputError) as e:
+        registry.get("backbone")(BackboneConfig(weights=str(tmp_path / "gone.pt")))
+    assert e.value.reason == "missing_file"
