@@ -225,8 +225,10 @@ def align_index(t_grid: np.ndarray, t_feat: np.ndarray, attrs: dict) -> np.ndarr
 
 def load_corpus(cfg: StudyConfig, store_root, device=None, video_ids=None,
                 feats: list[ResolvedFeature] | None = None, rows: list[dict] | None = None,
-                progress: bool = True) -> Corpus:
-    """Read every needed video once and build the contiguous per-modality tensors."""
+                progress: bool = True, with_labels: bool = True) -> Corpus:
+    """Read every needed video once and build the contiguous per-modality tensors.
+
+    ``with_labels`` False: features only (prediction on a new video)."""
     from store.reader import read_concat
 
     feats = feats if feats is not None else resolve_features(cfg, store_root)
@@ -273,7 +275,7 @@ def load_corpus(cfg: StudyConfig, store_root, device=None, video_ids=None,
 
     n = int(offsets[-1])
     frame_index = np.concatenate([np.arange(offsets[i + 1] - offsets[i]) for i in range(len(vids))]).astype(np.int64)
-    cols = frame_label_columns(cfg)
+    cols = frame_label_columns(cfg) if with_labels else []
     labels = None
     if cols:
         labels = np.concatenate([_frame_labels(r, cols, int(offsets[i + 1] - offsets[i]), notes)

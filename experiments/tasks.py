@@ -549,7 +549,8 @@ class ClipClassificationTask(ClipTask):
             return losses.ce_loss(logits.float(), y, label_smoothing=float(args.get("label_smoothing", 0.0)))
         if name in ("ep_ce", "pcce"):
             pol = args.get("polarity")
-            if not isinstance(pol, dict) or set(pol) != set(self.classes):
+            # a map may name more classes than this study has (e.g. inherited through `extends`)
+            if not isinstance(pol, dict) or not set(self.classes) <= set(pol):
                 raise InputError("<config>", "bad_labels", f"loss {name} needs loss.args.polarity: "
                                  "{class: polarity} for every class", fix=f"classes: {self.classes}")
             polarity = [pol[c] for c in self.classes]
