@@ -511,7 +511,7 @@ def _client(workers, scheduler):
         env["NUMBA_CACHE_DIR"] = os.environ["NUMBA_CACHE_DIR"]
     with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env,
-                               dashboard_address=None)
+                               dashboard_address=":0")
     return Client(cluster), cluster
 
 

