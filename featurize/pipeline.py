@@ -244,7 +244,6 @@ class _Out:
         self.handle = FeatureStore(store_root).key(spec.name, spec.key, spec.provenance)
         self.writer = None
         self.error: tuple[str, str] | None = None
-        self.result: dict | None = None
 
     def append(self, arrays: dict) -> None:
         if self.writer is None:
@@ -324,20 +323,23 @@ def featurize_video(row: dict, specs: list[Spec], store_root, write: list[str] |
         fail_all(outs, "not_media", _message(e))
         info = None
 
-    if info is not None:
-        video_specs = [s for s in specs if s.kind in ("frames", "crops")]
-        audio_specs = [s for s in specs if s.kind == "audio"]
-        if video_specs:
-            if not info.has_video:
-                fail_all([s.name for s in video_specs], "no_video_stream",
-                         f"{path}: no video stream (audio-only input)")
-            else:
-                frames_done = _run_video(row, info, video_specs, outs, attrs, registry, keep_partial)
-        if audio_specs:
-            if not info.has_audio:
-                fail_all([s.name for s in audio_specs], "no_audio_stream", f"{path}: no audio stream")
-            else:
-                _run_audio(row, audio_specs, outs, attrs, registry, keep_partial)
+    try:
+        if info is not None:
+            video_specs = [s for s in specs if s.kind in ("frames", "crops")]
+            audio_specs = [s for s in specs if s.kind == "audio"]
+            if video_specs:
+                if not info.has_video:
+                    fail_all([s.name for s in video_specs], "no_video_stream",
+                             f"{path}: no video stream (audio-only input)")
+                else:
+                    frames_done = _run_video(row, info, video_specs, outs, attrs, registry, keep_partial)
+            if audio_specs:
+                if not info.has_audio:
+                    fail_all([s.name for s in audio_specs], "no_audio_stream", f"{path}: no audio stream")
+                else:
+                    _run_audio(row, audio_specs, outs, attrs, registry, keep_partial)
+    except Exception as e:  # noqa: BLE001  (a bug or a crash outside one extractor: this video only)
+        fail_all(outs, "extractor_error", _message(e))
     results = []
     for n, out in outs.items():
         r = out.close(attrs.get(n, {}))
@@ -554,15 +556,13 @@ def run_features(rows, store_root, extractors, overrides: dict | None = None, wo
     store = FeatureStore(store_root)
     handles = {s.name: store.key(s.name, s.key, s.provenance) for s in specs}
     summary = Summary(videos=len(ok), keys={s.name: s.key for s in specs})
-    requested = set(extractors)
-    report_specs = [s for s in specs if s.name in requested or s.name == "faces"]
 
     for dup, first in dups:
         if dup["video_id"] not in keep_ids:
             continue
         msg = (f"duplicate id {dup['video_id']!r}: row for {dup.get('path')} ignored; the first row "
                f"({first.get('path')}) is featurized — fix: give each video a unique id")
-        for s in report_specs:
+        for s in specs:
             handles[s.name].record_error(dup["video_id"], "duplicate_id", msg, dup.get("original_id"))
             summary.add({"video_id": dup["video_id"], "extractor": s.name, "status": "failed",
                          "reason": "duplicate_id", "message": msg})
