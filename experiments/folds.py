@@ -189,3 +189,29 @@ def ccc_centering(preds: np.ndarray, clip: tuple[float, float] | None = (-1.0, 1
     w = float((mu * a).sum() / a.sum()) if abs(a.sum()) > 1e-12 else float(mu.mean())
     out = (y - mu[:, None] + w).mean(axis=0)
     return np.clip(out, *clip) if clip is not None else out
+
+
+def merge_prediction_csvs(paths, out_path, clip: tuple[float, float] | None = (-1.0, 1.0)):
+    """Merge one video's per-frame prediction CSVs from several fold models (as `predict_video`
+    or a run's predictions/ folder writes them) by CCC centering, column by column (pred_*).
+    Frames and times come from the first file; every file must have the same frames."""
+    import csv
+
+    tables = []
+    for p in paths:
+        with open(p, newline="") as f:
+            tables.append(list(csv.DictReader(f)))
+    if not tables or any(len(t) != len(tables[0]) for t in tables):
+        raise InputError(paths[0] if paths else "<none>", "bad_labels",
+                         "fold prediction files differ in length (or none given)",
+                         fix="merge predictions of the same video made with the same windowing")
+    cols = [c for c in tables[0][0] if c.startswith("pred_")] if tables[0] else []
+    merged = {c: ccc_centering(np.array([[float(r[c]) for r in t] for t in tables]), clip) for c in cols}
+    out_path = Path(out_path)
+    with open(out_path, "w", newline="") as f:
+        keep = [c for c in tables[0][0] if not c.startswith(("pred_", "p_"))] if tables[0] else []
+        wr = csv.writer(f)
+        wr.writerow(keep + cols)
+        for i, r in enumerate(tables[0]):
+            wr.writerow([r[c] for c in keep] + [f"{merged[c][i]:.5f}" for c in cols])
+    return out_path

@@ -97,3 +97,22 @@ def test_roles_with_named_training_folds_leave_the_rest_out():
     folds = {"a": "train", "b": "train", "c": "val", "d": "test"}
     r = roles(folds, test="val", val=None, train=["train"])
     assert r == {"train": ["a", "b"], "val": ["c"], "test": ["c"]}
+
+
+def test_merge_prediction_csvs_applies_ccc_centering_per_column(tmp_path):
+    from experiments.folds import merge_prediction_csvs
+
+    rng = np.random.default_rng(2)
+    preds = rng.uniform(-0.8, 0.8, (3, 40, 2))
+    paths = []
+    for k in range(3):
+        p = tmp_path / f"fold{k}.csv"
+        p.write_text("frame,t,pred_valence,pred_arousal,face\n" + "".join(
+            f"{i},{i / 25:.4f},{preds[k, i, 0]:.6f},{preds[k, i, 1]:.6f},1\n" for i in range(40)))
+        paths.append(p)
+    out = merge_prediction_csvs(paths, tmp_path / "merged.csv")
+    rows = out.read_text().splitlines()
+    assert rows[0] == "frame,t,face,pred_valence,pred_arousal" and len(rows) == 41
+    got = np.array([[float(x) for x in r.split(",")[3:]] for r in rows[1:]])
+    ref = np.stack([ccc_centering(np.round(preds[:, :, j], 6)) for j in range(2)], 1)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
