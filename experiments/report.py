@@ -27,7 +27,7 @@ def learning_curves(history: list[dict], monitor: str, path) -> Path:
     ax[0].plot(ep, [h["train_loss"] for h in history], marker="o")
     ax[0].set(xlabel="epoch", ylabel="train loss", title="training loss")
     ax[1].plot(ep, [h["val"].get(monitor, np.nan) for h in history], marker="o", label="model")
-    if history and "val_baseline" in history[0]:
+    if history and isinstance(history[0].get("val_baseline"), (int, float)):
         ax[1].axhline(history[0]["val_baseline"], color="grey", ls="--", label="baseline")
     ax[1].set(xlabel="epoch", ylabel=monitor, title=f"validation {monitor}")
     ax[1].legend()
