@@ -72,12 +72,13 @@ def decode_only(rows) -> dict:
     """Frames/s of PyAV decode (RGB arrays, batches of 64) in this one process."""
     from featurize.decode import iter_frames
 
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     for r in rows:
         for frames, _t in iter_frames(r["path"]):
             n += len(frames)
-    sec = time.perf_counter() - t0
-    return {"frames": n, "seconds": round(sec, 2), "fps": round(n / sec, 1)}
+    sec, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"frames": n, "seconds": round(sec, 2), "fps": round(n / sec, 1),
+            "cpu_seconds": round(cpu, 2), "fps_per_cpu_second": round(n / cpu, 1)}
 
 
 def end_to_end(rows, extractors, workers: int) -> dict:
@@ -99,13 +100,18 @@ def end_to_end(rows, extractors, workers: int) -> dict:
             client.run(_warm_audio)
             run_features(rows[-1:], warm, extractors, scheduler=client, progress=False)
             shutil.rmtree(warm, ignore_errors=True)
+            c0 = sum(client.run(time.process_time).values())
             t0 = time.perf_counter()
             s = run_features(rows, store, extractors, scheduler=client, progress=False)
             sec = time.perf_counter() - t0
+            cpu = sum(client.run(time.process_time).values()) - c0
         if s.failed_total:
             raise RuntimeError(f"benchmark run had failures: {s.failed}")
         return {"workers": workers, "frames": s.frames, "seconds": round(sec, 2),
-                "fps": round(s.frames / sec, 1), "fps_per_core": round(s.frames / sec / workers, 1)}
+                "fps": round(s.frames / sec, 1), "fps_per_core": round(s.frames / sec / workers, 1),
+                # CPU time the workers used: frames per CPU-second is what one core would do
+                # if nobody else were on the machine (wall numbers suffer from neighbours)
+                "worker_cpu_seconds": round(cpu, 2), "fps_per_cpu_second": round(s.frames / cpu, 1)}
     finally:
         shutil.rmtree(store, ignore_errors=True)
 
