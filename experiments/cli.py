@@ -109,6 +109,8 @@ def cmd_demo_data(a) -> int:
 def cmd_train(a) -> int:
     from experiments.train import run_study
 
+    if not a.exp and not a.resume:
+        raise SystemExit("emocache train: give --exp NAME (or --resume RUN_DIR)")
     run_dir = run_study(a.exp, a.store, a.runs, overrides=a.set or [], resume=a.resume,
                         device=a.device)
     print(f"run: {run_dir}")
@@ -120,6 +122,14 @@ def cmd_predict(a) -> int:
 
     out = predict_video(a.video, a.run, out_dir=a.out, store_root=a.store)
     print(f"predictions: {out}")
+    return 0
+
+
+def cmd_merge(a) -> int:
+    from experiments.folds import merge_prediction_csvs
+
+    out = merge_prediction_csvs(a.csv, a.out)
+    print(f"merged {len(a.csv)} fold prediction(s) by CCC centering: {out}")
     return 0
 
 
@@ -163,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo_data)
 
     t = sub.add_parser("train", help="train a study on cached features")
-    t.add_argument("--exp", required=True, help="study name (experiments/configs) or a YAML path")
+    t.add_argument("--exp", help="study name (experiments/configs) or a YAML path")
     t.add_argument("--store", required=True)
     t.add_argument("--runs", default="runs")
     t.add_argument("--set", action="append", help="a.b=c override (repeatable)")
@@ -177,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out")
     r.add_argument("--store", help="store to cache this video's features in (default: a temp one)")
     r.set_defaults(fn=cmd_predict)
+    m = sub.add_parser("merge", help="merge one video's fold-model predictions by CCC centering")
+    m.add_argument("csv", nargs="+", help="prediction CSVs of the same video from several fold runs")
+    m.add_argument("--out", required=True)
+    m.set_defaults(fn=cmd_merge)
     return p
 
 

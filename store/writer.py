@@ -149,7 +149,7 @@ class FeatureStore:
         path = self._dataset_path(name)
         if not path.is_file():
             raise InputError(path, "missing_file", f"no dataset manifest for {name!r}",
-                             fix="build it first (`emocache dataset ...`)")
+                             fix="`emocache features --input DIR --dataset ADAPTER --store ROOT` writes it")
         return read_jsonl(path)
 
 
