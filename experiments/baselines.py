@@ -1,0 +1,272 @@
+"""Classical baselines computed beside a study, on the same videos and the same folds.
+
+Why here: a head's UAR means little without the numbers a linear model gets from pooled
+features under the identical protocol. Each baseline pools frame features read from the
+store (mean, std, 10th and 90th percentile over the valid frames) or, for eGeMAPS, takes
+openSMILE's functionals from the raw audio, then fits StandardScaler + a linear model on
+the training folds and predicts the held-out fold, fold by fold.
+
+Per-group standardisation (``per_group``): each video's features are z-scored with the
+statistics of its own group (the speaker), frame features before pooling, eGeMAPS
+functionals directly. The statistics use no labels, so applying them to a held-out
+speaker is legitimate (the speaker's own unlabelled audio); it is the usual speaker
+normalisation in speech emotion recognition. ``per_group: both`` reports each baseline
+with and without it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from heads import metrics as M
+from store.errors import InputError
+
+POOL_STATS = ("mean", "std", "p10", "p90")
+MODELS = ("logreg", "linear_svm")
+
+
+@dataclass
+class BaselineSpec:
+    """One classical baseline: features -> pooled vector -> StandardScaler -> linear model."""
+    name: str
+    features: list = field(default_factory=lambda: ["mfcc"])   # extractor names / {extractor, params, key}; or ["egemaps"]
+    model: str = "logreg"          # logreg | linear_svm
+    C: float = 0.1
+    per_group: object = None       # True | False | "both"; None: follow the study's setting
+
+    @property
+    def opensmile(self) -> bool:
+        return [self._extractor(f) for f in self.features] == ["egemaps"]
+
+    @staticmethod
+    def _extractor(f) -> str:
+        return f["extractor"] if isinstance(f, dict) else str(f)
+
+
+def default_specs() -> list[BaselineSpec]:
+    """Pooled MFCC + logistic regression always; eGeMAPS + linear SVM when opensmile imports."""
+    return [BaselineSpec("pooled MFCC + LR", ["mfcc"], "logreg", 0.1),
+            BaselineSpec("eGeMAPS + linear SVM", ["egemaps"], "linear_svm", 0.01)]
+
+
+def parse_specs(raw) -> list[BaselineSpec]:
+    """YAML list of mappings -> specs (unknown keys stop with the valid ones)."""
+    if raw is None:
+        return default_specs()
+    names = {f.name for f in dataclasses.fields(BaselineSpec)}
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or set(item) - names or "name" not in item:
+            raise InputError("<config>", "bad_labels", f"baselines[{i}] = {item!r}",
+                             fix=f"a mapping with name and any of {sorted(names - {'name'})}")
+        spec = BaselineSpec(**item)
+        if spec.model not in MODELS:
+            raise InputError("<config>", "bad_labels", f"baselines[{i}].model {spec.model!r}",
+                             fix=f"one of {', '.join(MODELS)}")
+        spec.features = list(spec.features) if isinstance(spec.features, (list, tuple)) else [spec.features]
+        spec.C = float(spec.C)
+        out.append(spec)
+    return out
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def pool(x: np.ndarray, offsets: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """[N, D] frames of V videos -> [V, 4D]: mean, std, p10, p90 over each video's valid frames."""
+    out = np.zeros((len(offsets) - 1, 4 * x.shape[1]), np.float64)
+    for i in range(len(offsets) - 1):
+        f = x[offsets[i]:offsets[i + 1]]
+        if mask is not None:
+            f = f[mask[offsets[i]:offsets[i + 1]]]
+        if len(f) == 0:
+            continue          # no valid frame: zeros (the training mean after scaling, roughly)
+        f = f.astype(np.float64)
+        p10, p90 = np.percentile(f, [10, 90], axis=0)
+        out[i] = np.concatenate([f.mean(0), f.std(0), p10, p90])
+    return out
+
+
+def group_stats(x: np.ndarray, groups: np.ndarray, mask: np.ndarray | None = None) -> dict:
+    """{group: (mean [D], std [D])} from each group's own (valid) rows only."""
+    stats = {}
+    for g in np.unique(groups):
+        sel = groups == g
+        if mask is not None:
+            sel &= mask
+        v = x[sel].astype(np.float64)
+        if len(v) == 0:
+            mean, std = np.zeros(x.shape[1]), np.ones(x.shape[1])
+        else:
+            mean, std = v.mean(0), v.std(0)
+        stats[g] = (mean, np.where(std > 1e-6, std, 1.0))
+    return stats
+
+
+def standardize_groups(x: np.ndarray, groups: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Rows z-scored with their own group's statistics (a copy, float32)."""
+    out = np.empty(x.shape, np.float32)
+    for g, (mean, std) in group_stats(x, groups, mask).items():
+        sel = groups == g
+        out[sel] = (x[sel] - mean) / std
+    return out
+
+
+def _feature_key(store_root, f) -> tuple[str, str]:
+    """(extractor, key) for a feature given as a name or {extractor, params, key}."""
+    from store.reader import key_dir
+
+    from .config import FeatureSpec
+    from .data import compute_key
+
+    spec = FeatureSpec(**f) if isinstance(f, dict) else FeatureSpec(extractor=str(f))
+    key = spec.key or compute_key(spec)
+    if not (key_dir(store_root, spec.extractor, key) / "extractor.json").is_file():
+        from store.reader import resolve_key
+
+        try:   # made with other library versions: the only key of that extractor will do
+            key = resolve_key(store_root, spec.extractor)
+        except InputError:
+            raise InputError(key_dir(store_root, spec.extractor, key), "missing_key",
+                             f"baseline needs {spec.extractor} features and the store has none",
+                             fix=f"emocache features ... --extractors {spec.extractor}") from None
+    return spec.extractor, key
+
+
+def store_pooled(store_root, video_ids, groups, features, per_group: bool) -> np.ndarray:
+    """Pooled vectors of cached frame features, side by side over features."""
+    from store.reader import read_concat
+
+    parts = []
+    for f in features:
+        extractor, key = _feature_key(store_root, f)
+        cat = read_concat(store_root, extractor, key, video_ids, arrays=("data", "mask"))
+        x = cat.arrays["data"].reshape(len(cat.arrays["data"]), -1).astype(np.float32)
+        mask = cat.arrays["mask"].astype(bool)
+        if per_group:
+            frame_groups = np.repeat(np.asarray(groups), np.diff(cat.offsets))
+            x = standardize_groups(x, frame_groups, mask)
+        parts.append(pool(x, cat.offsets, mask))
+    return np.concatenate(parts, axis=1)
+
+
+def opensmile_available() -> str | None:
+    """None when opensmile imports, else why not (the report says so)."""
+    try:
+        import opensmile  # noqa: F401
+    except ImportError as e:
+        return f"opensmile is not installed ({e}); `pip install emocache[egemaps]` adds it"
+    return None
+
+
+def egemaps_functionals(paths) -> np.ndarray:
+    """eGeMAPSv02 functionals (88 per file) from the raw audio files."""
+    import opensmile
+
+    smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
+                            feature_level=opensmile.FeatureLevel.Functionals)
+    out = []
+    for p in paths:
+        if not p:
+            raise InputError("<manifest>", "missing_file", "a row has no media path", fix="rebuild the manifest")
+        out.append(smile.process_file(str(p)).to_numpy(np.float64).reshape(-1))
+    return np.stack(out)
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+def _model(spec: BaselineSpec, seed: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    if spec.model == "logreg":
+        clf = LogisticRegression(C=spec.C, max_iter=5000)
+    else:
+        clf = LinearSVC(C=spec.C, max_iter=20000, random_state=seed)
+    return make_pipeline(StandardScaler(), clf)
+
+
+def _scores(pred: np.ndarray, true: np.ndarray, n: int) -> dict:
+    p, t = torch.as_tensor(pred), torch.as_tensor(true)
+    return {"uar": M.uar(p, t, n), "accuracy": M.accuracy(p, t), "n_clips": int(len(t))}
+
+
+def cross_validate(X: np.ndarray, y: np.ndarray, fold: np.ndarray, test_folds, spec: BaselineSpec,
+                   classes, seed: int = 0) -> dict:
+    """Fit on every other fold, predict each test fold; per-fold and pooled scores."""
+    pred = np.full(len(y), -1, np.int64)
+    per_fold = {}
+    for f in test_folds:
+        te = fold == str(f)
+        tr = ~te & (y >= 0)
+        if not te.any():
+            continue
+        clf = _model(spec, seed).fit(X[tr], y[tr])
+        pred[te] = clf.predict(X[te])
+        per_fold[str(f)] = _scores(pred[te], y[te], len(classes))
+    done = pred >= 0
+    out = _scores(pred[done], y[done], len(classes))
+    p, t = torch.as_tensor(pred[done]), torch.as_tensor(y[done])
+    out["per_class_recall"] = dict(zip(classes, M.per_class_recall(p, t, len(classes))))
+    out["confusion"] = M.confusion_matrix(p, t, len(classes))
+    out["per_fold"] = per_fold
+    out["pred"] = pred
+    return out
+
+
+def run_baselines(specs, rows: list[dict], fold_of: dict, store_root, classes, *, target: str = "emotion",
+                  group: str = "group", per_group: bool = False, test_folds=None, seed: int = 0) -> dict:
+    """Every baseline on ``rows`` under the fold assignment ``fold_of`` (video_id -> fold).
+
+    Returns {name: metrics} with pooled ``uar``/``accuracy`` over the test folds, ``per_fold``,
+    the confusion matrix, ``pred`` (class index per row, -1 where not tested) and what was
+    used; a baseline that cannot run here (opensmile missing) has ``skipped``: the reason.
+    """
+    rows = [r for r in rows if r["video_id"] in fold_of]
+    ids = [r["video_id"] for r in rows]
+    groups = np.array([str(r.get(group)) for r in rows])
+    y = np.array([classes.index(r["labels"].get(target)) if r["labels"].get(target) in classes else -1
+                  for r in rows], np.int64)
+    fold = np.array([str(fold_of[v]) for v in ids])
+    test_folds = sorted({str(f) for f in fold}) if test_folds is None else [str(f) for f in test_folds]
+    results: dict = {}
+    cache: dict = {}
+    for spec in specs:
+        modes = spec.per_group if spec.per_group is not None else per_group
+        modes = [True, False] if modes == "both" else [bool(modes)]
+        for pg in modes:
+            name = spec.name + (" (per-speaker std)" if pg and len(modes) > 1 else "")
+            info = {"features": [BaselineSpec._extractor(f) for f in spec.features], "model": spec.model,
+                    "C": spec.C, "per_group_std": pg, "video_ids": ids}
+            if spec.opensmile and (why := opensmile_available()):
+                results[name] = {**info, "skipped": why}
+                continue
+            t0 = time.time()
+            ck = (tuple(map(str, spec.features)), pg)
+            if ck not in cache:
+                if spec.opensmile:
+                    raw = cache.setdefault(("egemaps-raw",), egemaps_functionals([r.get("path") for r in rows]))
+                    cache[ck] = standardize_groups(raw, groups) if pg else raw
+                else:
+                    cache[ck] = store_pooled(store_root, ids, groups, spec.features, pg)
+            res = cross_validate(cache[ck], y, fold, test_folds, spec, classes, seed)
+            results[name] = {**info, **res, "seconds": round(time.time() - t0, 2)}
+    return results
+
+
+def summary_lines(results: dict) -> list[str]:
+    """One line per baseline for a printout or a report."""
+    lines = []
+    for name, r in results.items():
+        if "skipped" in r:
+            lines.append(f"  {name:<40} skipped: {r['skipped']}")
+        else:
+            lines.append(f"  {name:<40} UAR {r['uar']:.3f}  accuracy {r['accuracy']:.3f}  ({r['n_clips']} clips)")
+    return lines
