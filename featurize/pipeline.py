@@ -599,6 +599,8 @@ def _bar(total, progress):
 def _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, collect, handles):
     from distributed import as_completed
 
+    if not scheduler:  # no idle local workers: each one would load every model
+        workers = min(int(workers or os.cpu_count() or 1), len(todo))
     client, cluster = _client(workers, scheduler)
     owned = client is not scheduler
     try:
