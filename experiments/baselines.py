@@ -11,7 +11,7 @@ statistics of its own group (the speaker), frame features before pooling, eGeMAP
 functionals directly. The statistics use no labels, so applying them to a held-out
 speaker is legitimate (the speaker's own unlabelled audio); it is the usual speaker
 normalisation in speech emotion recognition. ``per_group: both`` reports each baseline
-with and without it.
+with and without it. Names of standardised baselines end in "(per-<group field> std)".
 """
 from __future__ import annotations
 
@@ -229,7 +229,8 @@ def run_baselines(specs, rows: list[dict], fold_of: dict, store_root, classes, *
     the confusion matrix, ``pred`` (class index per row, -1 where not tested) and what was
     used; a baseline that cannot run here (opensmile missing) has ``skipped``: the reason.
     """
-    rows = [r for r in rows if r["video_id"] in fold_of]
+    # the rows with a fold and a known class (what the head is scored on too)
+    rows = [r for r in rows if r["video_id"] in fold_of and (r.get("labels") or {}).get(target) in classes]
     ids = [r["video_id"] for r in rows]
     groups = np.array([str(r.get(group)) for r in rows])
     y = np.array([classes.index(r["labels"].get(target)) if r["labels"].get(target) in classes else -1
@@ -242,7 +243,7 @@ def run_baselines(specs, rows: list[dict], fold_of: dict, store_root, classes, *
         modes = spec.per_group if spec.per_group is not None else per_group
         modes = [True, False] if modes == "both" else [bool(modes)]
         for pg in modes:
-            name = spec.name + (" (per-speaker std)" if pg and len(modes) > 1 else "")
+            name = spec.name + (f" (per-{group} std)" if pg else "")
             info = {"features": [BaselineSpec._extractor(f) for f in spec.features], "model": spec.model,
                     "C": spec.C, "per_group_std": pg, "video_ids": ids}
             if spec.opensmile and (why := opensmile_available()):

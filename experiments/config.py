@@ -54,16 +54,23 @@ class DataConfig:
     min_clip: int = 1
     segments: int = 16                 # segment tasks: tokens per clip
     max_frames: int | None = None      # clip tasks: crop longer clips at train time (memory)
+    # per-group standardisation: each video's features z-scored with the statistics of its own
+    # group (this row field, e.g. "group" = the speaker), from that group's valid frames only.
+    # It uses no labels, so a held-out speaker is normalised with its own audio (usual in SER).
+    normalize_by: str | None = None
+    crop: int | None = None            # clip tasks: a random `crop`-frame cut per clip at train time
+    noise: float = 0.0                 # clip tasks: Gaussian noise (std, normalised units) at train time
+    frame_pool: int = 1                # clip tasks: average every k frames (masked) before the head
 
 
 @dataclass
 class FoldsConfig:
-    scheme: str = "split"   # split | abaw2 | kfold
+    scheme: str = "split"   # split | abaw2 | kfold | group (one fold per value of `by`: leave-one-group-out)
     n: int = 5
     seed: int = 0
     by: str | None = None          # kfold: keep rows sharing this field together (e.g. group)
     stratify: str | None = None    # kfold: balance this field over folds (e.g. labels.quadrant)
-    test: typing.Any = "test"
+    test: typing.Any = "test"   # "all": cross-validate, every fold held out in turn (experiments.crossval)
     val: typing.Any = "val"   # None: select the model on the test fold (recorded as such)
     train: list | None = None  # training folds; None = every fold that is not test / val
 
@@ -91,13 +98,14 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "none"         # none | plateau | step | cosine (linear warm-up then cosine)
+    name: str = "none"         # none | plateau | step | cosine (linear warm-up then cosine) | onecycle (per batch)
     patience: int = 5
     factor: float = 0.1
     step_size: int = 10
     gamma: float = 0.5
     warmup_epochs: int = 0
     min_lr: float = 0.0
+    pct_start: float = 0.3     # onecycle: share of the steps spent warming up
 
 
 @dataclass
@@ -110,6 +118,8 @@ class TrainConfig:
     amp: bool = True                # only on CUDA
     accumulate: int = 1
     eval_batch_size: int = 64
+    select: str = "best"            # best: the epoch best on val (monitor); last: the final epoch
+    fold_jobs: int = 1              # folds.test: all: folds trained in parallel processes (CPU)
 
 
 @dataclass
@@ -134,6 +144,9 @@ class StudyConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    # classical baselines beside the head (experiments.baselines.BaselineSpec mappings);
+    # None: none beyond the trivial one. Computed by the cross-validated classification runs.
+    baselines: list | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -334,3 +334,38 @@ def apply_norm(corpus: Corpus, stats: dict[str, torch.Tensor]) -> None:
         std = stats[f"{name}.std"].to(m.x.device)
         m.x.sub_(mean).div_(std)
         m.x.mul_(m.mask[:, None].to(m.x.dtype))
+
+
+def group_of(corpus: Corpus, field: str) -> list[str]:
+    """The value of a row field (dotted, e.g. "group" = the speaker) for every video, as text."""
+    from .folds import field_value
+
+    return [str(field_value(r, field)) for r in corpus.rows]
+
+
+def fit_group_norm(corpus: Corpus, field: str) -> dict[str, torch.Tensor]:
+    """Per-dim mean/std of every modality for each group, from that group's own valid frames.
+
+    Keys ``<group>/<modality>.mean|std``. No labels are used, so normalising a held-out group
+    (a test speaker) with its own statistics leaks nothing about its classes.
+    """
+    groups = group_of(corpus, field)
+    stats = {}
+    for g in sorted(set(groups)):
+        part = fit_norm(corpus, [i for i, x in enumerate(groups) if x == g])
+        stats.update({f"{g}/{k}": v for k, v in part.items()})
+    return stats
+
+
+def apply_group_norm(corpus: Corpus, stats: dict[str, torch.Tensor], field: str) -> None:
+    """In place: each video z-scored with its own group's statistics; masked frames become 0."""
+    for i, g in enumerate(group_of(corpus, field)):
+        lo, hi = int(corpus.offsets[i]), int(corpus.offsets[i + 1])
+        for name, m in corpus.modalities.items():
+            key = f"{g}/{name}"
+            if f"{key}.mean" not in stats:
+                raise InputError(corpus.video_ids[i], "bad_labels", f"no normalisation statistics for group {g!r}",
+                                 fix="fit them on the corpus that holds this group (fit_group_norm)")
+            x = m.x[lo:hi]
+            x.sub_(stats[f"{key}.mean"].to(x.device)).div_(stats[f"{key}.std"].to(x.device))
+            x.mul_(m.mask[lo:hi, None].to(x.dtype))

@@ -16,7 +16,7 @@ import numpy as np
 
 from store.errors import InputError
 
-SCHEMES = ("split", "abaw2", "kfold")
+SCHEMES = ("split", "abaw2", "kfold", "group")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class FoldSpec:
             return "split.jsonl"
         if self.scheme == "abaw2":
             return f"abaw2-seed{self.seed}.jsonl"
+        if self.scheme == "group":
+            return f"group-by-{self.by or 'group'}.jsonl"
         return (f"kfold{self.n}-seed{self.seed}" + (f"-by-{self.by}" if self.by else "")
                 + (f"-strat-{self.stratify}" if self.stratify else "") + ".jsonl")
 
@@ -62,6 +64,15 @@ def assign(rows: list[dict], spec: FoldSpec) -> dict[str, object]:
             pos += size
         out.update({vid: 5 for vid in val})
         return out
+    if spec.scheme == "group":
+        # leave-one-group-out (e.g. one speaker per fold): the fold is the group's own value
+        by = spec.by or "group"
+        missing = [r["video_id"] for r in rows if field_value(r, by) in (None, "")]
+        if missing:
+            raise InputError("<dataset manifest>", "bad_labels",
+                             f"folds.scheme group: {len(missing)} rows have no {by!r} (e.g. {missing[:3]})",
+                             fix="set folds.by to a field every row has, or use scheme kfold")
+        return {r["video_id"]: str(field_value(r, by)) for r in rows}
     if spec.scheme == "kfold":
         if spec.by and spec.stratify:
             raise InputError("<config>", "bad_labels", "folds: use `by` or `stratify`, not both")

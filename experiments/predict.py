@@ -99,6 +99,9 @@ def predict_video(video_path, run_dir, out_dir=None, store_root=None, device=Non
               for m, specs in cfg.features.items()}
     pcfg = dataclasses.replace(cfg, dataset=dataset, features=pinned)
     corpus = D.load_corpus(pcfg, store, dev, rows=[row], progress=False, with_labels=False)
+    if cfg.data.normalize_by:
+        # per-group runs: the new video is its own group (its own statistics, as a new speaker)
+        D.apply_group_norm(corpus, D.fit_group_norm(corpus, cfg.data.normalize_by), cfg.data.normalize_by)
     if (run_dir / "norm.pt").is_file():
         D.apply_norm(corpus, torch.load(run_dir / "norm.pt", weights_only=True))
 

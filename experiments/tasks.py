@@ -133,6 +133,20 @@ def _call(name: str, model: nn.Module, b: dict):
     raise InputError("<config>", "bad_labels", f"unknown head {name!r}", fix=f"one of {', '.join(HEADS)}")
 
 
+def pool_frames(x: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked mean over every ``k`` consecutive steps: [B, T, D] -> [B, ceil(T/k), D].
+
+    Why: a clip-level label needs no 10 ms resolution, and k-fold fewer steps make a
+    convolutional head k times cheaper. A pooled step is valid when any of its frames is.
+    """
+    b, t = mask.shape
+    pad = -t % k
+    m = torch.nn.functional.pad(mask, (0, pad)).reshape(b, -1, k).to(x.dtype)
+    xp = torch.nn.functional.pad(x, (0, 0, 0, pad)).reshape(b, -1, k, x.shape[-1])
+    n = m.sum(-1)
+    return (xp * m[..., None]).sum(2) / n.clamp_min(1)[..., None], n > 0
+
+
 # ----------------------------------------------------------------------------- base
 
 
@@ -356,9 +370,15 @@ class ClipTask(Task):
         return self.role_rows[role][sel.cpu().numpy()]
 
     def _seq_batch(self, rows, train: bool):
+        d = self.cfg.data
         sub = self.table.subset(rows)
+        if train and d.crop and len(sub) and int(sub.length.max()) > d.crop:
+            # augmentation: a random `crop`-frame cut of each longer clip (torch RNG: resumable)
+            room = np.maximum(sub.length - d.crop, 0)
+            shift = (torch.rand(len(sub)).numpy() * (room + 1)).astype(np.int64).clip(max=room)
+            sub = W.Table(sub.video, sub.start + shift, np.minimum(sub.length, d.crop))
         width = int(sub.length.max())
-        cap = self.cfg.data.max_frames
+        cap = d.max_frames
         if cap and width > cap:
             # long clips are cut to their first `max_frames` frames (memory bound, documented)
             sub = W.Table(sub.video, sub.start, np.minimum(sub.length, cap))
@@ -367,6 +387,12 @@ class ClipTask(Task):
         mods = list(self.corpus.modalities.values())
         xs = [W.gather(m.x, idx, valid) for m in mods]
         masks = [valid & m.mask[idx] for m in mods]
+        if train and d.noise:
+            xs = [x + d.noise * torch.randn_like(x) * mk[..., None].to(x.dtype) for x, mk in zip(xs, masks)]
+        if d.frame_pool > 1:
+            pooled = [pool_frames(x, mk, d.frame_pool) for x, mk in zip(xs, masks)]
+            xs, masks = [p[0] for p in pooled], [p[1] for p in pooled]
+            valid = pool_frames(valid[..., None].float(), valid, d.frame_pool)[1]
         for mk in masks:   # a clip with no valid frame at all keeps one (zero) step, so attention has a key
             mk[:, 0] |= ~mk.any(1)
         if self.form == "concat":

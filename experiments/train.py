@@ -56,11 +56,17 @@ def make_optimizer(cfg: C.OptimConfig, params):
     raise InputError("<config>", "bad_labels", f"unknown optimiser {cfg.name!r}", fix="adam, adamw or sgd")
 
 
-def make_scheduler(cfg: C.ScheduleConfig, opt, epochs: int):
-    """Stepped once per epoch; plateau steps on the validation monitor (higher is better)."""
+def make_scheduler(cfg: C.ScheduleConfig, opt, epochs: int, steps_per_epoch: int = 1):
+    """Stepped once per epoch; plateau steps on the validation monitor (higher is better);
+    onecycle is stepped once per optimiser step (see `per_batch`)."""
     name = cfg.name.lower()
     if name in ("none", ""):
         return None
+    if name == "onecycle":
+        # warm-up to optim.lr then cosine down to ~0, per optimiser step (with momentum cycling)
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                   total_steps=max(1, epochs * steps_per_epoch),
+                                                   pct_start=cfg.pct_start)
     if name == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", patience=cfg.patience,
                                                           factor=cfg.factor)
@@ -79,7 +85,18 @@ def make_scheduler(cfg: C.ScheduleConfig, opt, epochs: int):
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(e - warm, span) / span))
 
         return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    raise InputError("<config>", "bad_labels", f"unknown schedule {cfg.name!r}", fix="none, plateau, step or cosine")
+    raise InputError("<config>", "bad_labels", f"unknown schedule {cfg.name!r}",
+                     fix="none, plateau, step, cosine or onecycle")
+
+
+def per_batch(sched) -> bool:
+    return isinstance(sched, torch.optim.lr_scheduler.OneCycleLR)
+
+
+def optimizer_steps(n_samples: int, cfg: C.StudyConfig) -> int:
+    """Optimiser steps in one epoch (what train_epoch takes), for per-batch schedules."""
+    batches = math.ceil(n_samples / cfg.train.batch_size)
+    return math.ceil(batches / max(1, cfg.train.accumulate))
 
 
 @dataclass
@@ -187,6 +204,15 @@ def prepare(cfg: C.StudyConfig, store_root, run_dir: Path, device, progress=True
     corpus = D.load_corpus(cfg, store_root, device, feats=feats, rows=[r for r in rows if r["video_id"] in used],
                            progress=progress)
     roles = {r: corpus.index_of(ids) for r, ids in role_ids.items()}
+    if cfg.data.normalize_by:
+        # per-group statistics (e.g. per speaker), each group's own frames, no labels
+        gpath = run_dir / "group_norm.pt"
+        if gpath.is_file():
+            gnorm = torch.load(gpath, weights_only=True)
+        else:
+            gnorm = D.fit_group_norm(corpus, cfg.data.normalize_by)
+            torch.save(gnorm, gpath)
+        D.apply_group_norm(corpus, gnorm, cfg.data.normalize_by)
     norm = {}
     if cfg.data.normalize:
         norm_path = run_dir / "norm.pt"
@@ -199,8 +225,7 @@ def prepare(cfg: C.StudyConfig, store_root, run_dir: Path, device, progress=True
     task = tasks.make(cfg, corpus, roles, device)
     info = {"features": [f.describe() for f in corpus.features],
             "folds": {"file": str(F.folds_path(store_root, cfg.dataset, spec)), "test": cfg.folds.test,
-                      "val": cfg.folds.val, "model_selected_on_test": cfg.folds.val is None
-                      or str(cfg.folds.val) == str(cfg.folds.test),
+                      "val": cfg.folds.val, "model_selected_on_test": selected_on_test(cfg),
                       "videos": {r: [corpus.video_ids[i] for i in v] for r, v in roles.items()}},
             "samples": {r: task.n_samples(r) for r in ("train", "val", "test")},
             "skipped_videos": corpus.skipped, "notes": corpus.notes, "store": str(store_root)}
@@ -211,7 +236,8 @@ def prepare(cfg: C.StudyConfig, store_root, run_dir: Path, device, progress=True
 # ----------------------------------------------------------------------------- the loop
 
 
-def train_epoch(task, model, opt, scaler, gen, cfg: C.StudyConfig, device) -> float:
+def train_epoch(task, model, opt, scaler, gen, cfg: C.StudyConfig, device, sched=None) -> float:
+    """One pass over the training samples; ``sched`` (a per-batch schedule) steps with the optimiser."""
     model.train()
     n = task.n_samples("train")
     bs, acc = cfg.train.batch_size, max(1, cfg.train.accumulate)
@@ -236,9 +262,19 @@ def train_epoch(task, model, opt, scaler, gen, cfg: C.StudyConfig, device) -> fl
             scaler.step(opt)
             scaler.update()
             opt.zero_grad(set_to_none=True)
+            if sched is not None:
+                sched.step()
         total += float(loss.detach()) * len(sel)
         count += len(sel)
     return total / max(count, 1)
+
+
+def selected_on_test(cfg: C.StudyConfig) -> bool:
+    """Whether the reported weights were chosen by a score on the test fold itself."""
+    on_test = cfg.folds.val is None or str(cfg.folds.val) == str(cfg.folds.test)
+    if cfg.train.select == "last":
+        return on_test and bool(cfg.train.early_stop)     # early stopping on it selects too
+    return on_test
 
 
 def _fmt(m: dict, keys) -> str:
@@ -246,12 +282,14 @@ def _fmt(m: dict, keys) -> str:
 
 
 def run_study(study, store_root, runs_root="runs", overrides=(), resume=None, device=None, *,
-              stop_after: int | None = None, progress: bool = True) -> Path:
+              stop_after: int | None = None, progress: bool = True, run_dir=None) -> Path:
     """Train one study (one held-out fold) and write the run folder; returns it.
 
-    ``resume``: a run dir; continues from its last checkpoint with its own resolved config
-    (``overrides`` still apply, e.g. more epochs). ``stop_after``: stop after that many
-    epochs in total, as an interruption would (tests resume on it).
+    ``study``: a name, a YAML path or a StudyConfig. ``folds.test: all`` cross-validates
+    (experiments.crossval: one such run per fold, then pooled metrics). ``resume``: a run dir;
+    continues from its last checkpoint with its own resolved config (``overrides`` still
+    apply, e.g. more epochs). ``stop_after``: stop after that many epochs in total, as an
+    interruption would (tests resume on it). ``run_dir``: write there instead of a new stamp.
     """
     if resume:
         run_dir = Path(resume)
@@ -260,11 +298,19 @@ def run_study(study, store_root, runs_root="runs", overrides=(), resume=None, de
                              fix="give the runs/<exp>/<stamp> folder printed by the first run")
         cfg = C.load(run_dir / "config.yaml", overrides)
     else:
-        cfg = C.load(study, overrides)
-        run_dir = Path(runs_root) / cfg.name / _stamp()
-        while run_dir.exists():
-            run_dir = run_dir.with_name(run_dir.name + "x")
-        run_dir.mkdir(parents=True)
+        cfg = study if isinstance(study, C.StudyConfig) else C.load(study, overrides)
+        if run_dir is None:
+            run_dir = Path(runs_root) / cfg.name / _stamp()
+            while run_dir.exists():
+                run_dir = run_dir.with_name(run_dir.name + "x")
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if str(cfg.folds.test) == "all":
+        from . import crossval
+
+        return crossval.run(cfg, store_root, run_dir, device=device, progress=progress)
+    if cfg.train.select not in ("best", "last"):
+        raise InputError("<config>", "bad_labels", f"train.select {cfg.train.select!r}", fix="best or last")
     dev = pick_device(device)
     C.dump(cfg, run_dir / "config.yaml")
     _json(runinfo.collect(dev, cfg.seed), run_dir / "runinfo.json")
@@ -275,7 +321,7 @@ def run_study(study, store_root, runs_root="runs", overrides=(), resume=None, de
     seed_all(cfg.seed)                       # model init does not depend on how data was loaded
     model = task.build_model().to(dev)
     opt = make_optimizer(cfg.optim, model.parameters())
-    sched = make_scheduler(cfg.schedule, opt, cfg.train.epochs)
+    sched = make_scheduler(cfg.schedule, opt, cfg.train.epochs, optimizer_steps(task.n_samples("train"), cfg))
     scaler = torch.amp.GradScaler(dev.type, enabled=bool(cfg.train.amp and dev.type == "cuda"))
     gen = torch.Generator().manual_seed(cfg.seed)
     monitor = cfg.train.monitor or task.monitor
@@ -290,24 +336,25 @@ def run_study(study, store_root, runs_root="runs", overrides=(), resume=None, de
 
     while state.epoch < cfg.train.epochs:
         t0 = time.time()
-        loss = train_epoch(task, model, opt, scaler, gen, cfg, dev)
+        loss = train_epoch(task, model, opt, scaler, gen, cfg, dev, sched if per_batch(sched) else None)
         _, val = evaluate_split(task, model, "val")
         score = val["model"].get(monitor)
         if score is None:
             raise InputError("<config>", "bad_labels", f"train.monitor {monitor!r} is not a metric",
                              fix=f"one of {sorted(k for k, v in val['model'].items() if isinstance(v, float))}")
         lr = opt.param_groups[0]["lr"]
-        if sched is not None:
+        if sched is not None and not per_batch(sched):
             sched.step(score) if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) else sched.step()
         state.epoch += 1
         improved = score > state.best
         if improved:
             state.best, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+        else:
+            state.bad_epochs += 1
+        if improved or cfg.train.select == "last":
             tmp = run_dir / f".{BEST}.tmp"
             torch.save(model.state_dict(), tmp)
             os.replace(tmp, run_dir / BEST)
-        else:
-            state.bad_epochs += 1
         state.history.append({"epoch": state.epoch, "train_loss": loss, "lr": lr,
                               "val": {k: v for k, v in val["model"].items() if isinstance(v, (int, float))},
                               "val_baseline": val_base, "seconds": round(time.time() - t0, 2)})
@@ -331,11 +378,11 @@ def finish(setup: Setup, model, state: State, monitor: str) -> dict:
     from . import report
 
     run_dir, task, cfg = setup.run_dir, setup.task, setup.cfg
-    if (run_dir / BEST).is_file():
+    if (run_dir / BEST).is_file():   # the selected weights (train.select last: the final epoch's)
         model.load_state_dict(torch.load(run_dir / BEST, map_location=setup.device, weights_only=True))
     out = {"study": cfg.name, "task": cfg.task, "monitor": monitor, "best_epoch": state.best_epoch,
-           "epochs_run": state.epoch, "seed": cfg.seed,
-           "model_selected_on_test": cfg.folds.val is None or str(cfg.folds.val) == str(cfg.folds.test)}
+           "epochs_run": state.epoch, "seed": cfg.seed, "select": cfg.train.select,
+           "model_selected_on_test": selected_on_test(cfg)}
     for role in ("val", "test"):
         pred, m = evaluate_split(task, model, role)
         out[role] = m

@@ -5,7 +5,7 @@ from experiments import config as C
 from store.errors import InputError
 
 
-@pytest.mark.parametrize("study", ["abaw2", "demo", "eri", "eri-demo", "avcpnet", "avcpnet-demo"])
+@pytest.mark.parametrize("study", ["abaw2", "demo", "eri", "eri-demo", "avcpnet", "avcpnet-demo", "emodb"])
 def test_every_shipped_study_loads(study):
     cfg = C.load(study)
     assert cfg.name == study and cfg.features and cfg.labels.targets

@@ -1,0 +1,269 @@
+"""Cross-validation (``folds.test: all``): every fold held out in turn, then pooled scores.
+
+Why pooled: on a small corpus split by speaker (EmoDB: 10 speakers, 535 utterances) one
+held-out speaker says little; the study's number is UAR / accuracy over the predictions of
+all folds together, each made by a model that never saw that speaker. The classical
+baselines (experiments.baselines) are fitted on exactly the same folds and written beside
+the head in the same metrics.json, predictions.csv and report.md.
+
+Layout: ``runs/<exp>/<stamp>/fold-<f>/`` is an ordinary single-fold run (config, metrics,
+predictions, learning curves); the stamp folder holds the pooled results. Re-running with
+``--resume <stamp folder>`` keeps finished folds and resumes an unfinished one.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from store.errors import InputError
+
+from . import config as C
+from . import data as D
+from . import folds as F
+from . import runinfo
+from .evaluate import classification_metrics
+
+
+def _natural(f: str):
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(f))]
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
+
+
+def _json(obj, path: Path) -> None:
+    from .train import _json as write
+
+    write(obj, path)
+
+
+def _fold(cfg_dict: dict, fold: str, store_root, fold_dir: str, device, threads: int | None) -> dict:
+    """Train and score one held-out fold (runs in a worker process when folds run in parallel)."""
+    from .train import LAST, run_study
+
+    if threads:
+        torch.set_num_threads(threads)
+    fold_dir = Path(fold_dir)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    cfg = C.from_dict(cfg_dict)
+    cfg.folds.test, cfg.folds.val = fold, None
+    t0 = time.time()
+    with open(fold_dir / "log.txt", "a") as log, contextlib.redirect_stdout(log):
+        resume = fold_dir if (fold_dir / LAST).is_file() and (fold_dir / "config.yaml").is_file() else None
+        run_study(cfg, store_root, resume=resume, device=device, progress=False, run_dir=fold_dir)
+    return {"fold": fold, "seconds": round(time.time() - t0, 1)}
+
+
+def run(cfg: C.StudyConfig, store_root, run_dir, device=None, progress: bool = True) -> Path:
+    """One model per fold (in ``train.fold_jobs`` processes), pooled metrics, baselines, report."""
+    from .train import pick_device
+
+    t_start = time.time()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.folds.val is not None and str(cfg.folds.val) not in ("", "none", "null"):
+        raise InputError("<config>", "bad_labels", f"folds.test: all with folds.val {cfg.folds.val!r}",
+                         fix="cross-validation holds out one fold at a time: set folds.val: null and "
+                             "train.select: last (or best, which then selects on the held-out fold, recorded)")
+    dev = pick_device(device)
+    C.dump(cfg, run_dir / "config.yaml")
+    _json(runinfo.collect(dev, cfg.seed), run_dir / "runinfo.json")
+    rows = D.dataset_rows(store_root, cfg.dataset)
+    spec = F.FoldSpec(cfg.folds.scheme, cfg.folds.n, cfg.folds.seed, cfg.folds.by, cfg.folds.stratify)
+    fold_of = F.load_or_create(store_root, cfg.dataset, rows, spec)
+    folds = sorted({str(f) for f in fold_of.values()}, key=_natural)
+    fold_dirs = {f: run_dir / f"fold-{f}" for f in folds}
+    todo = [f for f in folds if not (fold_dirs[f] / "metrics.json").is_file()]
+    jobs = max(1, min(int(cfg.train.fold_jobs or 1), len(todo))) if dev.type == "cpu" else 1
+    print(f"{cfg.name}: {len(folds)} folds ({cfg.folds.scheme}"
+          f"{' by ' + cfg.folds.by if cfg.folds.by else ''}), {len(folds) - len(todo)} done, "
+          f"{len(todo)} to train in {jobs} process(es); logs in {run_dir}/fold-*/log.txt", flush=True)
+    raw = cfg.to_dict()
+    raw["folds"]["test"] = None
+    fold_seconds = {}
+    if jobs == 1:
+        it = todo
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(todo, desc=f"{cfg.name} folds", unit="fold")
+        for f in it:
+            fold_seconds[f] = _fold(raw, f, str(store_root), str(fold_dirs[f]), device, None)["seconds"]
+    elif todo:
+        from joblib import Parallel, delayed
+
+        # one thread per process: on a few cores, parallel folds beat threads inside one model
+        out = Parallel(n_jobs=jobs, verbose=5 if progress else 0)(
+            delayed(_fold)(raw, f, str(store_root), str(fold_dirs[f]), device, 1) for f in todo)
+        fold_seconds = {o["fold"]: o["seconds"] for o in out}
+    result = summarize(cfg, store_root, run_dir, folds, fold_of, rows)
+    result["seconds"] = round(time.time() - t_start, 1)
+    result["fold_seconds"] = fold_seconds
+    _json(result, run_dir / "metrics.json")
+    (run_dir / "report.md").write_text(report_text(result))
+    _print(result, run_dir)
+    return run_dir
+
+
+# ----------------------------------------------------------------------------- pooling
+
+
+def _read_predictions(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def summarize(cfg: C.StudyConfig, store_root, run_dir: Path, folds, fold_of: dict, rows: list[dict]) -> dict:
+    """Pool the folds' held-out predictions; run the baselines on the same folds and videos."""
+    per_fold, fold_metrics = {}, {}
+    for f in folds:
+        m = json.loads((run_dir / f"fold-{f}" / "metrics.json").read_text())
+        d = json.loads((run_dir / f"fold-{f}" / "data.json").read_text())
+        fold_metrics[f] = (m, d)
+    out = {"study": cfg.name, "task": cfg.task, "dataset": cfg.dataset,
+           "protocol": {"folds": folds, "scheme": cfg.folds.scheme, "by": cfg.folds.by,
+                        "select": cfg.train.select, "normalize_by": cfg.data.normalize_by,
+                        "model_selected_on_test": any(m["model_selected_on_test"] for m, _ in fold_metrics.values()),
+                        "test_videos": {f: d["folds"]["videos"]["test"] for f, (m, d) in fold_metrics.items()}}}
+    if cfg.task != "clip_classification":
+        # other tasks: per-fold scores and their mean (pooling needs task-specific merging)
+        for f, (m, _) in fold_metrics.items():
+            per_fold[f] = {k: v for k, v in m["test"]["model"].items() if isinstance(v, (int, float))}
+        keys = sorted(set.intersection(*(set(v) for v in per_fold.values()))) if per_fold else []
+        out["model"] = {"mean_over_folds": {k: float(np.mean([per_fold[f][k] for f in folds])) for k in keys},
+                        "per_fold": per_fold}
+        return out
+
+    classes = list(fold_metrics[folds[0]][0]["test"]["model"]["classes"])
+    preds, majority = [], []
+    for f in folds:
+        m, _ = fold_metrics[f]
+        for r in _read_predictions(run_dir / f"fold-{f}" / "predictions_test.csv"):
+            preds.append({**r, "fold": f})
+        tm = m["test"]["model"]
+        per_fold[f] = {"uar": tm["uar"], "accuracy": tm["accuracy"], "n_clips": tm["n_clips"],
+                       "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"]}
+        maj = m["test"]["baseline"].get("predicts", "").removeprefix("majority class ")
+        majority += [maj] * tm["n_clips"]
+    true = torch.tensor([classes.index(p["true"]) for p in preds])
+    probs = torch.tensor([[float(p[f"p_{c}"]) for c in classes] for p in preds])
+    model = classification_metrics(probs, true, classes)
+    model["per_fold"] = per_fold
+    out["model"] = model
+    out["trivial"] = {"predicts": "the majority class of the training folds, per fold",
+                      **{k: v for k, v in classification_metrics(
+                          torch.tensor([classes.index(x) if x in classes else 0 for x in majority]), true,
+                          classes).items() if k in ("uar", "accuracy")}}
+    base = _baselines(cfg, store_root, rows, fold_of, folds, classes, out["protocol"]["test_videos"])
+    out["baselines"] = {k: {kk: vv for kk, vv in v.items() if kk not in ("pred", "video_ids")}
+                        for k, v in base.items()}
+    _write_predictions(run_dir, preds, classes, base)
+    _plots(run_dir, model, base, classes)
+    return out
+
+
+def _baselines(cfg, store_root, rows, fold_of, folds, classes, test_videos) -> dict:
+    from . import baselines as B
+
+    if cfg.baselines is None:
+        return {}
+    if cfg.labels.source != "clip":
+        return {"classical baselines": {"skipped": "they need clip labels (labels.source: clip)"}}
+    specs = B.parse_specs(cfg.baselines)
+    # a baseline feature the study also uses reads the study's own key (pinned or computed)
+    known = {f.spec.extractor: {"extractor": f.spec.extractor, "params": f.spec.params, "key": f.key}
+             for f in D.resolve_features(cfg, store_root)}
+    for s in specs:
+        s.features = [known.get(x, x) if isinstance(x, str) else x for x in s.features]
+    tested = {v for vids in test_videos.values() for v in vids}     # exactly the head's test videos
+    used = {v: fold_of[v] for v in tested}
+    return B.run_baselines(specs, rows, used, store_root, classes, target=cfg.labels.targets[0],
+                           group=cfg.data.normalize_by or "group", per_group=bool(cfg.data.normalize_by),
+                           test_folds=folds, seed=cfg.seed)
+
+
+def _write_predictions(run_dir: Path, preds: list[dict], classes, base: dict) -> None:
+    extra = {name: dict(zip(r["video_ids"], r["pred"])) for name, r in base.items() if "pred" in r}
+    with open(run_dir / "predictions.csv", "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(["video_id", "fold", "start", "length", "true", "pred"] + [f"p_{c}" for c in classes]
+                    + [f"pred[{n}]" for n in extra])
+        for p in preds:
+            b = [extra[n].get(p["video_id"], -1) for n in extra]
+            wr.writerow([p["video_id"], p["fold"], p["start"], p["length"], p["true"], p["pred"]]
+                        + [p[f"p_{c}"] for c in classes] + [classes[int(x)] if x >= 0 else "" for x in b])
+
+
+def _plots(run_dir: Path, model: dict, base: dict, classes) -> None:
+    from . import report
+
+    report.confusion(model["confusion"], classes, run_dir / "confusion.png",
+                     title=f"head, pooled over folds (UAR {model['uar']:.3f})")
+    for name, r in base.items():
+        if "confusion" in r:
+            report.confusion(r["confusion"], classes, run_dir / f"confusion_{_slug(name)}.png",
+                             title=f"{name} (UAR {r['uar']:.3f})")
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _rows_of(result: dict) -> list[tuple[str, dict]]:
+    rows = [("head (" + result["study"] + ")", result["model"])]
+    rows += list(result.get("baselines", {}).items())
+    if "trivial" in result:
+        rows.append(("majority class", result["trivial"]))
+    return rows
+
+
+def report_text(result: dict) -> str:
+    """Markdown: pooled UAR / accuracy of the head beside every baseline, then per fold."""
+    p = result["protocol"]
+    lines = [f"# {result['study']}: cross-validated over {len(p['folds'])} folds",
+             "",
+             f"Folds: scheme `{p['scheme']}`" + (f" by `{p['by']}`" if p["by"] else "")
+             + f"; weights: `{p['select']}` epoch"
+             + (" (selected on the held-out fold)" if p["model_selected_on_test"] else " (no selection on test)")
+             + (f"; features standardised per `{p['normalize_by']}` with that group's own statistics"
+                if p["normalize_by"] else "") + ".",
+             ""]
+    if result["task"] != "clip_classification":
+        lines += ["| metric | mean over folds |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in result["model"]["mean_over_folds"].items()]
+        return "\n".join(lines) + "\n"
+    lines += ["Pooled over all held-out predictions:", "", "| method | UAR | accuracy |", "|---|---|---|"]
+    for name, r in _rows_of(result):
+        if "skipped" in r:
+            lines.append(f"| {name} | skipped | {r['skipped']} |")
+        else:
+            lines.append(f"| {name} | {r['uar']:.3f} | {r['accuracy']:.3f} |")
+    folds = p["folds"]
+    lines += ["", "UAR per held-out fold:", "",
+              "| method | " + " | ".join(folds) + " |", "|---|" + "---|" * len(folds)]
+    for name, r in _rows_of(result):
+        if "per_fold" in r:
+            lines.append(f"| {name} | " + " | ".join(f"{r['per_fold'][f]['uar']:.3f}" if f in r["per_fold"]
+                                                      else "" for f in folds) + " |")
+    if "seconds" in result:
+        lines += ["", f"Wall time {result['seconds']:.0f} s (folds, baselines and report)."]
+    return "\n".join(lines) + "\n"
+
+
+def _print(result: dict, run_dir: Path) -> None:
+    if result["task"] == "clip_classification":
+        print(f"pooled over {len(result['protocol']['folds'])} folds ({result['model']['n_clips']} clips):")
+        for name, r in _rows_of(result):
+            if "skipped" in r:
+                print(f"  {name:<42} skipped: {r['skipped']}")
+            else:
+                print(f"  {name:<42} UAR {r['uar']:.3f}  accuracy {r['accuracy']:.3f}")
+    else:
+        print("mean over folds: " + ", ".join(f"{k}={v:.4f}" for k, v in result["model"]["mean_over_folds"].items()))
+    print(f"report: {run_dir / 'report.md'}")

@@ -1,0 +1,179 @@
+"""The emodb study on real EmoDB audio: featurized through the cache, leave-one-speaker-out,
+the head beside the classical baselines in one report.
+
+CI-sized: 3 speakers x 20 utterances (every emotion, round robin), tiny head, 2 epochs,
+3 folds. The full study is `make train EXP=emodb STORE=...` (see experiments/configs/emodb.yaml).
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from experiments import baselines as B
+from experiments import config as C
+from experiments import data as D
+from experiments.folds import FoldSpec, assign
+from experiments.tasks import pool_frames
+from store.errors import InputError
+from store.reader import read_concat
+
+SPEAKERS = ("03", "10", "15")     # two male, one female speaker
+PER_SPEAKER = 20
+CLASSES = ["anger", "boredom", "disgust", "fear", "happiness", "sadness", "neutral"]
+
+
+def _subset(rows):
+    """PER_SPEAKER utterances of each speaker, dealt over the emotions in turn."""
+    out = []
+    for spk in SPEAKERS:
+        by_emo = {}
+        for r in sorted(rows, key=lambda r: r["video_id"]):
+            if r["group"] == spk:
+                by_emo.setdefault(r["labels"]["emotion"], []).append(r)
+        picked, k = [], 0
+        while len(picked) < PER_SPEAKER and any(by_emo.values()):
+            emo = sorted(by_emo)[k % len(by_emo)]
+            if by_emo[emo]:
+                picked.append(by_emo[emo].pop(0))
+            k += 1
+        out += picked
+    return out
+
+
+@pytest.fixture(scope="module")
+def emodb_store(shared_data, tmp_path_factory):
+    from featurize import datasets
+    from featurize.pipeline import run_features, write_manifest
+
+    root = tmp_path_factory.mktemp("emodb-store")
+    rows = _subset(datasets.build("emodb", shared_data / "emodb"))
+    write_manifest(rows, root, "emodb")
+    summary = run_features(rows, root, ["logmel", "mfcc"], scheduler="inline", progress=False)
+    assert summary.failed_total == 0 and summary.done == 2 * len(rows)
+    return root, rows
+
+
+@pytest.fixture(scope="module")
+def study_run(emodb_store, tmp_path_factory):
+    from experiments.train import run_study
+
+    root, _ = emodb_store
+    runs = tmp_path_factory.mktemp("runs")
+    run_dir = run_study("emodb", root, runs, progress=False, overrides=[
+        "train.epochs=2", "train.fold_jobs=1", "head.args.hidden=16", "head.args.depth=2",
+        # the eGeMAPS baseline (when opensmile is installed) is exercised on the same folds
+        "baselines=[{name: pooled MFCC + LR, features: [mfcc], per_group: both},"
+        " {name: eGeMAPS + linear SVM, features: [egemaps], model: linear_svm}]"])
+    return run_dir, json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_report_has_head_and_baselines_side_by_side(study_run):
+    run_dir, m = study_run
+    assert m["protocol"]["folds"] == list(SPEAKERS)
+    assert m["protocol"]["select"] == "last" and m["protocol"]["model_selected_on_test"] is False
+    assert m["model"]["n_clips"] == len(SPEAKERS) * PER_SPEAKER
+    for r in (m["model"], m["baselines"]["pooled MFCC + LR (per-group std)"], m["baselines"]["pooled MFCC + LR"]):
+        assert 0.0 <= r["uar"] <= 1.0 and 0.0 <= r["accuracy"] <= 1.0
+        assert sorted(r["per_fold"]) == list(SPEAKERS)
+        assert sum(f["n_clips"] for f in r["per_fold"].values()) == len(SPEAKERS) * PER_SPEAKER
+    egemaps = [v for k, v in m["baselines"].items() if k.startswith("eGeMAPS")]
+    assert len(egemaps) == 1      # standardised per speaker, as the study
+    if B.opensmile_available() is None:
+        assert all("uar" in v for v in egemaps)
+    else:   # skipped, and the report says why
+        assert all("opensmile" in v["skipped"] for v in egemaps)
+    report = (run_dir / "report.md").read_text()
+    assert "head (emodb)" in report and "pooled MFCC + LR" in report and "eGeMAPS + linear SVM" in report
+    assert (run_dir / "confusion.png").stat().st_size > 0
+    header = (run_dir / "predictions.csv").read_text().splitlines()[0]
+    assert header.startswith("video_id,fold,start,length,true,pred") and "pred[pooled MFCC + LR]" in header
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_folds_are_speaker_disjoint(study_run, emodb_store):
+    run_dir, m = study_run
+    speaker = {r["video_id"]: r["group"] for r in emodb_store[1]}
+    tested = []
+    for spk in SPEAKERS:
+        vids = json.loads((run_dir / f"fold-{spk}" / "data.json").read_text())["folds"]["videos"]
+        assert {speaker[v] for v in vids["test"]} == {spk}
+        assert spk not in {speaker[v] for v in vids["train"]} and len(vids["train"]) == 2 * PER_SPEAKER
+        tested += vids["test"]
+    assert sorted(tested) == sorted(speaker)     # every utterance held out exactly once
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_pooled_mfcc_baseline_beats_chance_clearly(study_run):
+    _, m = study_run
+    # chance is 1/7 = 0.14; with only 40 training utterances per fold pooled MFCC statistics
+    # still get ~0.46 here (0.74 on the full corpus)
+    assert m["baselines"]["pooled MFCC + LR (per-group std)"]["uar"] > 0.35
+    assert m["trivial"]["uar"] == pytest.approx(1 / 7, abs=0.02)
+
+
+@pytest.mark.data
+def test_per_speaker_statistics_come_from_that_speaker_only(emodb_store):
+    root, rows = emodb_store
+    cfg = C.load("emodb")
+    corpus = D.load_corpus(cfg, root, progress=False)
+    stats = D.fit_group_norm(corpus, "group")
+    assert {k.split("/")[0] for k in stats} == set(SPEAKERS)
+    for spk in SPEAKERS:
+        vids = [r["video_id"] for r in rows if r["group"] == spk]
+        frames = np.concatenate([read_concat(root, f.spec.extractor, f.key, vids, arrays=("data",))
+                                 .arrays["data"].astype(np.float64) for f in corpus.features], axis=1)
+        np.testing.assert_allclose(stats[f"{spk}/audio.mean"].numpy(), frames.mean(0), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(stats[f"{spk}/audio.std"].numpy(), frames.std(0), rtol=1e-3, atol=1e-3)
+    # changing another speaker's audio leaves this speaker's statistics alone
+    other = [i for i, r in enumerate(corpus.rows) if r["group"] == SPEAKERS[1]]
+    x = corpus.modalities["audio"].x
+    for i in other:
+        x[int(corpus.offsets[i]):int(corpus.offsets[i + 1])] *= 3.0
+    again = D.fit_group_norm(corpus, "group")
+    assert torch.equal(again[f"{SPEAKERS[0]}/audio.mean"], stats[f"{SPEAKERS[0]}/audio.mean"])
+    assert not torch.allclose(again[f"{SPEAKERS[1]}/audio.std"], stats[f"{SPEAKERS[1]}/audio.std"])
+    # after applying, each speaker's frames are centred and scaled by its own statistics
+    D.apply_group_norm(corpus, again, "group")
+    for spk in SPEAKERS:
+        sel = corpus.frames_of([i for i, r in enumerate(corpus.rows) if r["group"] == spk])
+        z = x[sel].double()
+        assert z.mean(0).abs().max() < 1e-3 and (z.std(0, unbiased=False) - 1).abs().max() < 1e-2
+    # the baselines' numpy version agrees: group statistics from the group's own rows
+    g = np.repeat([r["group"] for r in corpus.rows], np.diff(corpus.offsets))
+    raw = np.random.default_rng(0).normal(size=(len(g), 3))
+    raw[g == SPEAKERS[2]] += 5.0
+    st = B.group_stats(raw, g)
+    np.testing.assert_allclose(st[SPEAKERS[0]][0], raw[g == SPEAKERS[0]].mean(0))
+    assert np.abs(B.standardize_groups(raw, g)[g == SPEAKERS[2]].mean(0)).max() < 1e-5
+
+
+def test_group_fold_scheme_is_leave_one_group_out():
+    rows = [{"video_id": f"v{i}", "group": f"s{i % 4}"} for i in range(12)]
+    folds = assign(rows, FoldSpec("group", by="group"))
+    assert folds == {f"v{i}": f"s{i % 4}" for i in range(12)}
+    with pytest.raises(InputError, match="no 'group'"):
+        assign(rows + [{"video_id": "x", "group": None}], FoldSpec("group", by="group"))
+
+
+def test_pool_frames_is_a_masked_mean():
+    x = torch.arange(10, dtype=torch.float32).reshape(1, 5, 2)      # frames (0,1) (2,3) ... (8,9)
+    mask = torch.tensor([[True, True, True, False, True]])
+    y, m = pool_frames(x, mask, 2)
+    assert y.shape == (1, 3, 2) and m.tolist() == [[True, True, True]]
+    assert y[0, 0].tolist() == [1.0, 2.0] and y[0, 1].tolist() == [4.0, 5.0] and y[0, 2].tolist() == [8.0, 9.0]
+    y, m = pool_frames(x, torch.tensor([[True, True, False, False, False]]), 2)
+    assert m.tolist() == [[True, False, False]] and y[0, 1].tolist() == [0.0, 0.0]
+
+
+def test_emodb_study_config():
+    cfg = C.load("emodb")
+    assert cfg.folds.scheme == "group" and cfg.folds.test == "all" and cfg.folds.val is None
+    assert cfg.data.normalize_by == "group" and cfg.train.select == "last"
+    assert [s.name for s in B.parse_specs(cfg.baselines)][0] == "pooled MFCC + LR"
+    with pytest.raises(InputError, match="baselines"):
+        B.parse_specs([{"name": "x", "modle": "logreg"}])
