@@ -117,6 +117,19 @@ def test_pooled_mfcc_baseline_beats_chance_clearly(study_run):
 
 
 @pytest.mark.data
+@pytest.mark.slow
+def test_resume_keeps_finished_folds(study_run, emodb_store):
+    from experiments.train import run_study
+
+    run_dir, m = study_run
+    stamps = {p: p.stat().st_mtime_ns for p in run_dir.glob("fold-*/best.pt")}
+    again = run_study(None, emodb_store[0], resume=run_dir, progress=False)
+    assert again == run_dir and {p: p.stat().st_mtime_ns for p in run_dir.glob("fold-*/best.pt")} == stamps
+    m2 = json.loads((run_dir / "metrics.json").read_text())
+    assert m2["model"]["uar"] == m["model"]["uar"] and m2["fold_seconds"] == {}
+
+
+@pytest.mark.data
 def test_per_speaker_statistics_come_from_that_speaker_only(emodb_store):
     root, rows = emodb_store
     cfg = C.load("emodb")
