@@ -44,7 +44,7 @@ class Summary:
     not_applicable: int = 0          # found not applicable in this run (e.g. faces on a wav)
     failed: dict = field(default_factory=dict)       # reason -> n
     failures: list = field(default_factory=list)     # first `keep` {video_id, extractor, reason, message}
-    failed_videos: int = 0
+    failed_ids: set = field(default_factory=set)     # videos with at least one failure
     frames: int = 0                  # video frames decoded in this run
     seconds: float = 0.0
     keys: dict = field(default_factory=dict)         # extractor -> key
@@ -68,6 +68,7 @@ class Summary:
             self.not_applicable += 1
         else:
             self.failed[result["reason"]] = self.failed.get(result["reason"], 0) + 1
+            self.failed_ids.add(result["video_id"])
             if len(self.failures) < self.keep:
                 self.failures.append({k: result.get(k) for k in ("video_id", "extractor", "reason", "message")})
 
@@ -76,6 +77,7 @@ class Summary:
                  f" ({self.frames} frames decoded)",
                  f"  done {self.done}; skipped {self.skipped + self.not_applicable} (already done "
                  f"{self.skipped}, not applicable {self.not_applicable}); failed {self.failed_total}"
+                 + (f" in {len(self.failed_ids)} video(s)" if self.failed_ids else "")
                  + (" (" + ", ".join(f"{r} {n}" for r, n in sorted(self.failed.items())) + ")"
                     if self.failed else "")]
         for name, key in sorted(self.keys.items()):

@@ -143,7 +143,7 @@ def test_summary_counts_and_rerun(batch):
     assert s.not_applicable == 2 and s.exit_code == 1
     assert s.done == 2 * 5 - 2                       # 2 good + silent + voice + escape, minus the n/a pair
     text = str(s)
-    assert "failed 12" in text and "FAILED" in text
+    assert "failed 12 in 6 video(s)" in text and "FAILED" in text and len(s.failed_ids) == 6
     again = run_features([{"video_id": "voice", "path": "unused"}], store, EXTRACTORS,
                          scheduler="inline", progress=False)
     assert (again.done, again.skipped, again.failed_total) == (0, 2, 0)   # done + not applicable: skipped
