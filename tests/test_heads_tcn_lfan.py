@@ -178,10 +178,15 @@ def test_reference_and_ours_fusion_differ_on_the_same_weights():
 
 # ---------------------------------------------------------------- sequence classifier
 
-@pytest.mark.parametrize("encoder", ["tcn", "transformer"])
-def test_sequence_classifier_padding_invariant_and_gradients(encoder):
+@pytest.mark.parametrize("encoder,pool", [("tcn", "mean"), ("transformer", "mean"), ("conv", "meanstd"),
+                                          ("tcn", "meanstd")])
+def test_sequence_classifier_padding_invariant_and_gradients(encoder, pool):
     torch.manual_seed(0)
-    model = SequenceClassifier(6, 4, encoder=encoder, hidden=8, depth=2, heads=2, dropout=0.0).eval()
+    model = SequenceClassifier(6, 4, encoder=encoder, hidden=8, depth=2, heads=2, dropout=0.0, pool=pool)
+    if encoder == "conv":  # give BatchNorm non-trivial running statistics before eval
+        model.train()
+        model(torch.randn(4, 11, 6), torch.ones(4, 11, dtype=torch.bool))
+    model.eval()
     clips = [torch.randn(1, n, 6) for n in (11, 5, 8)]
     x = 50 * torch.randn(3, 11, 6)  # junk in the padding
     mask = torch.zeros(3, 11, dtype=torch.bool)
