@@ -103,7 +103,6 @@ def cmd_train(a) -> int:
         raise SystemExit("emocache train: give --exp NAME (or --resume RUN_DIR)")
     run_dir = run_study(a.exp, a.store, a.runs, overrides=a.set or [], resume=a.resume,
                         device=a.device)
-    print(f"run: {run_dir}")
     return 0
 
 
