@@ -83,18 +83,13 @@ def decode_only(rows) -> dict:
 
 def end_to_end(rows, extractors, workers: int) -> dict:
     """Wall-clock frames/s on a fresh LocalCluster (models preloaded), fresh store."""
-    import dask
-    from distributed import Client, LocalCluster
-
-    from featurize.pipeline import WORKER_ENV, run_features
+    from featurize.pipeline import dask_client, run_features
 
     store = Path(tempfile.mkdtemp(prefix="bench-store-"))
-    env = dict(WORKER_ENV, NUMBA_CACHE_DIR=os.environ["NUMBA_CACHE_DIR"])
     try:
-        with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, env=env,
-                                   dashboard_address=":0")
-        with cluster, Client(cluster) as client:
+        # the pipeline's own LocalCluster (same worker environment a user gets)
+        client, cluster = dask_client(workers, None)
+        with cluster, client:
             # warm-up: librosa/numba first calls, lazy imports; a throwaway store
             warm = Path(tempfile.mkdtemp(prefix="bench-warm-"))
             client.run(_warm_audio)

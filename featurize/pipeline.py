@@ -506,7 +506,7 @@ def _run_audio(row, specs, outs, attrs, registry, keep_partial=False) -> None:
 
 # ---------------------------------------------------------------------------- the driver
 
-def _client(workers, scheduler):
+def dask_client(workers, scheduler):
     """(client, cluster-or-None). scheduler: None = LocalCluster, 'tcp://...' = existing cluster."""
     import dask
     from distributed import Client, LocalCluster
@@ -616,7 +616,7 @@ def _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, coll
 
     if not scheduler:  # no idle local workers: each one would load every model
         workers = min(int(workers or os.cpu_count() or 1), len(todo))
-    client, cluster = _client(workers, scheduler)
+    client, cluster = dask_client(workers, scheduler)
     owned = client is not scheduler
     try:
         _preload(client, todo)

@@ -115,9 +115,9 @@ def _worker_env():
 @pytest.mark.cluster
 def test_local_workers_keep_glibc_adaptive_malloc():
     """Dask's default MALLOC_TRIM_THRESHOLD_ made fer 2.5-3x slower per frame in workers."""
-    from featurize.pipeline import _client
+    from featurize.pipeline import dask_client
 
-    client, cluster = _client(1, None)
+    client, cluster = dask_client(1, None)
     try:
         env = client.submit(_worker_env).result()
     finally:
