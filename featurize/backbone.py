@@ -111,16 +111,10 @@ class Backbone(Extractor):
     def __init__(self, config: BackboneConfig | None = None):
         import torch
 
-        from featurize.weights import model_path, sha256_of
-
         super().__init__(config)
         c = self.config
         self.input = c.on
-        if not c.weights:
-            raise InputError("backbone", "extractor_error", "no model file named",
-                             "pass backbone.weights=/path/to/model.pt (TorchScript or a state dict + arch)")
-        self.path = model_path(c.weights, sha256="")
-        self._sha = sha256_of(self.path)
+        self.path = self.weights_file(c)
         if c.device == "auto":
             dev = "cuda" if torch.cuda.is_available() else "cpu"
         else:
@@ -132,8 +126,18 @@ class Backbone(Extractor):
         self._std = torch.tensor(c.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._torch = torch
 
-    def weights_sha256(self) -> str | None:
-        return self._sha
+    @classmethod
+    def weights_file(cls, config):
+        from featurize.weights import model_path
+
+        if not config.weights:
+            raise InputError("backbone", "extractor_error", "no model file named",
+                             "pass backbone.weights=/path/to/model.pt (TorchScript or a state dict + arch)")
+        return model_path(config.weights, sha256="")
+
+    @classmethod
+    def input_kind(cls, config) -> str:
+        return config.on
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """RGB uint8 [N,H,W,3] -> float32 [N, D]."""

@@ -213,12 +213,9 @@ class Fer(Extractor):
     def __init__(self, config: FerConfig | None = None):
         import torch
 
-        from featurize.weights import model_path, sha256_of
-
         super().__init__(config)
         c = self.config
-        self.path = model_path(c.weights)  # emotion_model.hdf5 is checked against its sha256
-        self._sha = sha256_of(self.path)
+        self.path = self.weights_file(c)  # emotion_model.hdf5 is checked against its sha256
         self.model = build_model(c.keras_padding)
         load_keras_weights(self.model, self.path)
         # channels-last: oneDNN's max pool and depthwise convs run ~2.4x faster per frame on
@@ -226,8 +223,11 @@ class Fer(Extractor):
         self.model.eval().to(memory_format=torch.channels_last)
         self._torch = torch
 
-    def weights_sha256(self) -> str | None:
-        return self._sha
+    @classmethod
+    def weights_file(cls, config):
+        from featurize.weights import model_path
+
+        return model_path(config.weights)
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Preprocessed [N,1,64,64] -> (penultimate [N,128] float32, logits [N,7] float32)."""

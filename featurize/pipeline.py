@@ -174,7 +174,7 @@ def plan_extractors(extractors, overrides=None) -> list[Spec]:
                          f"parameters given for extractors that are not requested: {unknown}",
                          f"requested: {', '.join(names)}")
     configs = {n: registry.parse_config(n, overrides.get(n)) for n in names}
-    kinds = {n: registry.get_cached(n, configs[n]).input for n in names}
+    kinds = {n: registry.get(n).input_kind(configs[n]) for n in names}  # no model loaded here
     if any(k == "crops" for k in kinds.values()) and "faces" not in names:
         names.insert(0, "faces")
         configs["faces"] = registry.parse_config("faces", overrides.get("faces"))

@@ -41,7 +41,23 @@ class Extractor:
         self.config = config if config is not None else self.Config()
 
     def weights_sha256(self) -> str | None:
+        p = type(self).weights_file(self.config)
+        if p is None:
+            return None
+        from featurize.weights import sha256_of
+
+        return sha256_of(p)
+
+    @classmethod
+    def weights_file(cls, config):
+        """The checked model file `config` names (None: no weights). A classmethod so keys
+        can be computed without loading a model (in the driver, in the trainer)."""
         return None
+
+    @classmethod
+    def input_kind(cls, config) -> str:
+        """"frames" | "crops" | "audio" for this config, known without building anything."""
+        return cls.input
 
     # frame / crop extractors
     def start(self, info) -> None:
@@ -189,8 +205,8 @@ def key_for(name: str, config=None, upstream: dict[str, str] | None = None,
 
     `upstream` maps upstream extractor names to their keys (crop extractors: {"faces": key});
     it is hashed with the params (as params["upstream"]), so the provenance recomputes the
-    key with store.keys.key_from_provenance. `weights_sha256` defaults to the instance's
-    (built through get_cached, which loads the model once per process anyway).
+    key with store.keys.key_from_provenance. `weights_sha256` defaults to the sha256 of the
+    extractor's `weights_file(config)`; no model is loaded.
     """
     from store.keys import make_key
 
@@ -202,13 +218,16 @@ def key_for(name: str, config=None, upstream: dict[str, str] | None = None,
     params = _jsonable(dataclasses.asdict(config))
     if upstream:
         params["upstream"] = dict(sorted(upstream.items()))
-    elif (getattr(config, "on", None) or cls.input) == "crops":  # backbone: config.on says
+    elif cls.input_kind(config) == "crops":
         raise ValueError(f"{name!r} runs on face crops: pass upstream={{'faces': <faces key>}}")
     if weights_sha256 is ...:
-        if cls.weights_sha256 is Extractor.weights_sha256:  # no weights file: build nothing
+        path = cls.weights_file(config)
+        if path is None:
             weights_sha256 = None
         else:
-            weights_sha256 = get_cached(name, config).weights_sha256()
+            from featurize.weights import sha256_of
+
+            weights_sha256 = sha256_of(path)
     libs = library_versions(cls.libraries)
     key = make_key(cls.version, params, weights_sha256, libs)
     provenance = {"extractor": name, "version": cls.version, "key": key, "params": params,

@@ -135,3 +135,19 @@ def test_backbone_bad_files(tmp_path):
     with pytest.raises(InputError) as e:
         registry.get("backbone")(BackboneConfig(weights=str(tmp_path / "gone.pt")))
     assert e.value.reason == "missing_file"
+
+
+def test_planning_keys_loads_no_model(fer_weights):
+    """The driver (and the trainer) compute keys from configs and weight files alone: no
+    mediapipe graph, no network, no CUDA context in the process that only plans."""
+    import subprocess
+    import sys
+
+    code = ("from featurize import registry\n"
+            "from featurize.pipeline import plan_extractors\n"
+            "specs = plan_extractors(['faces', 'mesh', 'fer', 'logmel'])\n"
+            "assert all(s.key for s in specs)\n"
+            "print(len(registry._CACHE))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "0"
