@@ -128,7 +128,7 @@ def _voice(rng: np.random.Generator, arousal_at, seconds: float, sr: int) -> np.
     return np.clip(audio, -1, 1).astype(np.float32)
 
 
-def _encode(path: Path, frames_fn, n_frames: int, fps: int, size, audio: np.ndarray, sr: int):
+def encode_mp4(path: Path, frames_fn, n_frames: int, fps: int, size, audio: np.ndarray, sr: int):
     """Write H.264 (yuv420p) + AAC mono into an mp4, interleaving by time."""
     import av
 
@@ -190,7 +190,7 @@ def write_demo_clip(out_dir: Path, index: int, params: DemoParams, quadrant: str
     name = f"demo_{index:02d}"
     video = out_dir / "videos" / f"{name}.mp4"
     labels = out_dir / "labels" / f"{name}.csv"
-    _encode(video, frame, n_frames, fps, params.size, audio, params.sample_rate)
+    encode_mp4(video, frame, n_frames, fps, params.size, audio, params.sample_rate)
     with open(labels, "w", newline="") as f:
         wr = csv.writer(f)
         wr.writerow(["frame", "t", "valence", "arousal"])

@@ -5,7 +5,14 @@ wheel). `model_selection=0` is the short-range model (faces within ~2 m, the usu
 close-up), 1 the full-range one.
 
 Track: per frame, the detection that continues the track (highest IoU with the last kept
-box, at least `iou_min`) wins; with none, the largest detection starts/restarts the track.
+box, at least `iou_min`) wins; with none, a new track starts at the video's `person`:
+`largest` (the default) = the largest detection; `left` / `right` = the detection whose
+centre is leftmost / rightmost, and a lone detection only when its centre lies in that half
+of the frame (so the left person's track never starts on the right person while the left
+one is hidden). `person` is a per-video choice, not a key parameter: the row says it
+(`row["hints"]["faces"]["person"]`, which the pipeline hands over as `ctx["hints"]`), e.g.
+Aff-Wild2's `<video>_left` / `<video>_right` rows, two ids of one media file, each with its
+own crops under the same key. The choice is recorded in the video's attrs (`person`).
 `smooth` > 0 blends the box with the previous one (an exponential moving average, causal,
 only while the track continues).
 
@@ -41,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from featurize.registry import Extractor, register
+from store.errors import InputError
 
 def debounce(mask: np.ndarray, min_run: int) -> np.ndarray:
     """Flip runs shorter than `min_run` frames (shortest first) to their neighbours' value.
@@ -93,15 +101,36 @@ def square_crop(frame: np.ndarray, box, margin: float, size: int, shift: float =
     return cv2.resize(canvas, (size, size), interpolation=interp)
 
 
-def pick(boxes: np.ndarray, last: np.ndarray | None, iou_min: float) -> int:
-    """Index of the detection that continues the track, else of the largest one."""
+PERSONS = ("largest", "left", "right")
+
+
+def pick(boxes: np.ndarray, last: np.ndarray | None, iou_min: float, person: str = "largest",
+         width: float | None = None) -> int:
+    """Index of the detection that continues the track, else of the one that starts the
+    `person`'s track (see the module docstring); -1 when none may start it (`left`/`right`:
+    a lone detection on the other half of a frame `width` pixels wide)."""
     if last is not None:
         ov = iou(last, boxes)
         j = int(np.argmax(ov))
         if ov[j] >= iou_min:
             return j
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return int(np.argmax(areas))
+    if person == "largest":
+        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        return int(np.argmax(areas))
+    centre = (boxes[:, 0] + boxes[:, 2]) / 2.0
+    j = int(np.argmin(centre) if person == "left" else np.argmax(centre))
+    if len(boxes) == 1 and width is not None and (centre[j] < width / 2.0) != (person == "left"):
+        return -1
+    return j
+
+
+def person_hint(ctx: dict) -> str:
+    """The video's `person` from the pipeline's ctx["hints"] (default `largest`)."""
+    person = str((ctx.get("hints") or {}).get("person") or "largest")
+    if person not in PERSONS:
+        raise InputError("faces", "bad_labels", f"unknown person hint {person!r} in the manifest row",
+                         f"row hints.faces.person must be one of {', '.join(PERSONS)}")
+    return person
 
 
 @dataclass(frozen=True)
@@ -142,6 +171,7 @@ class Faces(Extractor):
 
     def start(self, info) -> None:
         self._last = None
+        self._person = "largest"
         self._n = 0
         self._found = 0
         self._restarts = 0
@@ -171,13 +201,17 @@ class Faces(Extractor):
         box = np.full((n, 4), np.nan, np.float32)
         score = np.zeros(n, np.float32)
         mask = np.zeros(n, bool)
+        self._person = person_hint(ctx)
         for i in range(n):
             boxes, scores = self.detect(frames[i])
             if len(boxes) == 0:
                 self._last = None
                 continue
             self._multi += len(boxes) > 1
-            j = pick(boxes, self._last, c.iou_min)
+            j = pick(boxes, self._last, c.iou_min, self._person, frames.shape[2])
+            if j < 0:
+                self._last = None
+                continue
             b = boxes[j]
             if self._last is None:
                 self._restarts += 1
@@ -193,4 +227,4 @@ class Faces(Extractor):
     def finish(self) -> dict:
         return {"frames": self._n, "face_frames": self._found, "track_starts": self._restarts,
                 "multi_face_frames": self._multi, "crop_size": self.config.size,
-                "margin": self.config.margin, "shift": self.config.shift}
+                "margin": self.config.margin, "shift": self.config.shift, "person": self._person}

@@ -375,6 +375,7 @@ def _run_video(row, info, specs, outs, attrs, registry, keep_partial) -> int:
         except Exception as e:  # noqa: BLE001
             fail(n, "extractor_error", _message(e))
     fps = info.fps
+    hints = row.get("hints") or {}     # per-video choices an adapter makes (faces: which person)
     report: dict = {}
     total = 0
     try:
@@ -387,7 +388,7 @@ def _run_video(row, info, specs, outs, attrs, registry, keep_partial) -> int:
                     if n in failed:
                         continue
                     try:
-                        arrays = live[n].process(frames, {"t": t})
+                        arrays = live[n].process(frames, {"t": t, "hints": hints.get(n) or {}})
                         if n == "faces":
                             crops, cmask = arrays["data"], arrays["mask"]
                         if n in outs:

@@ -129,7 +129,8 @@ def test_affwild2_va_set(tmp_path):
     assert by["vid1"]["split"] == "train" and by["vid2"]["split"] == "val"
     left, right = by["10-60-1280x720_left"], by["10-60-1280x720_right"]
     assert left["path"] == right["path"] and left["path"].endswith("batch2/10-60-1280x720.mp4")
-    assert (left["track"], right["track"]) == ("left", "right")
+    assert (left["hints"], right["hints"]) == ({"faces": {"person": "left"}}, {"faces": {"person": "right"}})
+    assert left["video_id"] != right["video_id"] and by["vid1"]["hints"] == {}
     assert left["group"] == right["group"] == "10-60-1280x720"
     assert by["vid2"]["path"].endswith("vid2.mp4")     # not found: kept so the pipeline names it
     names, values = datasets.load_frame_labels(by["vid1"])

