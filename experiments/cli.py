@@ -9,6 +9,73 @@ from pathlib import Path
 from store.errors import InputError
 
 
+class _Parser(argparse.ArgumentParser):
+    """A user error in the arguments is one line (the verb, the argument, what to give) and
+    exit code 2, like every other user error; the usage stays one `--help` away."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _workers(text: str) -> int:
+    """`--workers` at parse time: -3 used to start a LocalCluster with no workers and wait for
+    ever; 0 silently meant every core."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: need at least 1 (leave it out for one per core)")
+    return n
+
+
+def _dataset(text: str) -> str:
+    """A known adapter name (or alias), checked before any file is read."""
+    from featurize import datasets
+
+    try:
+        datasets.get(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: unknown adapter; known: {', '.join(datasets.names())}") from None
+    return text
+
+
+def _store(text: str) -> str:
+    """A store that read verbs (verify, ls, export, train) can read: an existing folder with
+    features/ or datasets/ inside. A missing one used to verify as `0 problem(s)`."""
+    p = Path(text)
+    if not p.exists():
+        raise argparse.ArgumentTypeError(f"{text}: not found (give the folder `emocache features "
+                                         "--store` wrote, or run `emocache features` first)")
+    if not p.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: not a folder")
+    if not ((p / "features").is_dir() or (p / "datasets").is_dir()):
+        raise argparse.ArgumentTypeError(f"{text}: not an emocache store (no features/ or datasets/ "
+                                         "inside; run `emocache features --store` on it first)")
+    return text
+
+
+def _study(text: str) -> str:
+    """A study name from experiments/configs or a YAML path that exists."""
+    from experiments import config as C
+
+    try:
+        C.study_path(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(f"{e.message}; {e.fix}") from None
+    return text
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("emocache")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 def _rows_from_input(input_path: str, dataset: str | None) -> list[dict]:
     """A manifest .jsonl is taken as is; a folder or file goes through the dataset adapter
     (none named: a demo corpus is recognised, anything else is a generic folder)."""
@@ -99,8 +166,6 @@ def cmd_demo_data(a) -> int:
 def cmd_train(a) -> int:
     from experiments.train import run_study
 
-    if not a.exp and not a.resume:
-        raise SystemExit("emocache train: give --exp NAME (or --resume RUN_DIR)")
     run_dir = run_study(a.exp, a.store, a.runs, overrides=a.set or [], resume=a.resume,
                         device=a.device)
     return 0
@@ -123,70 +188,85 @@ def cmd_merge(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="emocache", description=__doc__)
-    sub = p.add_subparsers(dest="verb", required=True)
+    p = _Parser(prog="emocache", description=__doc__)
+    p.add_argument("--version", action="version", version=f"emocache {_version()}")
+    sub = p.add_subparsers(dest="verb", required=True, parser_class=_Parser, metavar="VERB")
 
     f = sub.add_parser("features", help="featurize a corpus into the store (Dask, one task per video)")
     f.add_argument("--input", required=True, help="folder, dataset root or manifest .jsonl")
-    f.add_argument("--store", required=True)
-    f.add_argument("--dataset",
+    f.add_argument("--store", required=True,
+                   help="feature store folder (created if missing; re-runs skip finished videos)")
+    f.add_argument("--dataset", type=_dataset,
                    help="adapter: generic, demo, ravdess, cremad, emodb, affwild2, hume, labelled-csv "
                         "(default: demo for a demo corpus, else generic)")
     f.add_argument("--name", help="dataset manifest name in the store (default: the adapter name)")
-    f.add_argument("--extractors", default="faces,mesh,fer,logmel,mfcc")
-    f.add_argument("--param", action="append", help="EXTRACTOR.FIELD=VALUE (part of the key)")
-    f.add_argument("--workers", type=int)
-    f.add_argument("--scheduler", help="tcp://host:port of an existing Dask scheduler")
+    f.add_argument("--extractors", default="faces,mesh,fer,logmel,mfcc",
+                   help="comma-separated extractor names (default: %(default)s)")
+    f.add_argument("--param", action="append", metavar="EXTRACTOR.FIELD=VALUE",
+                   help="an extractor parameter (repeatable; part of the feature key)")
+    f.add_argument("--workers", type=_workers,
+                   help="local worker processes, >= 1 (default: one per core; ignored with --scheduler)")
+    f.add_argument("--scheduler", help="tcp://host:port (or a scheduler file) of an existing Dask cluster")
     f.add_argument("--shard", help="i/n: this job's deterministic share of the videos")
-    f.add_argument("--quiet", action="store_true")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(fn=cmd_features)
 
     v = sub.add_parser("verify", help="read every finished entry and check it")
-    v.add_argument("--store", required=True)
+    v.add_argument("--store", required=True, type=_store, help="feature store folder to check")
     v.set_defaults(fn=cmd_verify)
 
     e = sub.add_parser("export", help="copy one feature key to HDF5")
-    e.add_argument("--store", required=True)
+    e.add_argument("--store", required=True, type=_store, help="feature store folder")
     e.add_argument("--key", required=True, help="EXTRACTOR or EXTRACTOR/KEY")
-    e.add_argument("--h5", required=True)
+    e.add_argument("--h5", required=True, help="HDF5 file to write")
     e.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("ls", help="keys, videos, frames, failures, disk use")
-    s.add_argument("--store", required=True)
+    s.add_argument("--store", required=True, type=_store, help="feature store folder")
     s.set_defaults(fn=cmd_ls)
 
     d = sub.add_parser("demo-data", help="write the synthetic audio-visual demo corpus")
-    d.add_argument("--out", required=True)
-    d.add_argument("--n", type=int, default=16)
-    d.add_argument("--seconds", type=float, default=20.0)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", required=True, help="folder to write the corpus to")
+    d.add_argument("--n", type=int, default=16, help="videos (default: %(default)s)")
+    d.add_argument("--seconds", type=float, default=20.0, help="seconds per video (default: %(default)s)")
+    d.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     d.set_defaults(fn=cmd_demo_data)
 
     t = sub.add_parser("train", help="train a study on cached features")
-    t.add_argument("--exp", help="study name (experiments/configs) or a YAML path")
-    t.add_argument("--store", required=True)
-    t.add_argument("--runs", default="runs")
-    t.add_argument("--set", action="append", help="a.b=c override (repeatable)")
+    t.add_argument("--exp", type=_study, help="study name (see `emocache studies`) or a YAML path")
+    t.add_argument("--store", required=True, type=_store, help="feature store the study reads")
+    t.add_argument("--runs", default="runs", help="runs root; the run goes to RUNS/<study>/<stamp> "
+                                                  "(default: %(default)s)")
+    t.add_argument("--set", action="append", metavar="A.B=C", help="config override (repeatable)")
     t.add_argument("--resume", help="a run dir to continue from its last checkpoint")
     t.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     t.set_defaults(fn=cmd_train)
 
     r = sub.add_parser("predict", help="featurize one video and predict with a trained run")
-    r.add_argument("video")
-    r.add_argument("--run", required=True)
-    r.add_argument("--out")
+    r.add_argument("video", help="the media file to predict")
+    r.add_argument("--run", required=True, help="a finished run folder (runs/<study>/<stamp>)")
+    r.add_argument("--out", help="folder for the CSV and PNG (default: RUN/predict)")
     r.add_argument("--store", help="store to cache this video's features in (default: a temp one)")
     r.set_defaults(fn=cmd_predict)
     m = sub.add_parser("merge", help="merge one video's fold-model predictions by CCC centering")
     m.add_argument("csv", nargs="+", help="prediction CSVs of the same video from several fold runs")
-    m.add_argument("--out", required=True)
+    m.add_argument("--out", required=True, help="merged CSV to write")
     m.set_defaults(fn=cmd_merge)
     return p
 
 
+def parse(argv=None):
+    """Parse and check what can be checked before any work starts (exit 2 on a user error)."""
+    p = build_parser()
+    a = p.parse_args(argv)
+    if a.verb == "train" and not a.exp and not a.resume:
+        p.exit(2, "emocache train: give --exp STUDY (see `emocache studies`) or --resume RUN_DIR\n")
+    return a
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "emocache-numba"))
-    a = build_parser().parse_args(argv)
+    a = parse(argv)
     try:
         return a.fn(a)
     except InputError as e:

@@ -9,6 +9,7 @@ import h5py
 import pytest
 
 EMOCACHE = Path(sys.executable).parent / "emocache"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args, ok=True):
@@ -71,12 +72,58 @@ def test_bad_file_is_named_and_the_batch_finishes(corpus, tmp_path):
 
 
 def test_train_errors_are_clear(tmp_path, corpus):
-    p = run("train", "--exp", "no-such-study", "--store", tmp_path, ok=False)
+    runs = tmp_path / "runs"   # never the repo's own runs/
+    p = run("train", "--exp", "no-such-study", "--store", tmp_path, "--runs", runs, ok=False)
     assert p.returncode == 2 and "demo" in p.stderr  # lists the studies that exist
 
     store = tmp_path / "store"
     run("features", "--input", corpus, "--dataset", "demo", "--store", store,
         "--extractors", "mfcc", "--workers", 1, "--quiet")
-    p = run("train", "--exp", "demo", "--store", store, ok=False)
+    p = run("train", "--exp", "demo", "--store", store, "--runs", runs, ok=False)
     assert p.returncode == 2
     assert "missing_key" in p.stderr and "emocache features" in p.stderr  # the command to run
+
+
+def first_line(p) -> str:
+    return (p.stderr or p.stdout).strip().splitlines()[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["features", "--input", ".", "--store", "s", "--workers", "-3"], ["--workers", "at least 1"]),
+    (["features", "--input", ".", "--store", "s", "--workers", "0"], ["--workers", "at least 1"]),
+    (["features", "--input", ".", "--store", "s", "--dataset", "cremd"], ["--dataset", "cremad"]),
+    (["verify", "--store", "/no/such/dir"], ["--store", "/no/such/dir", "not found"]),
+    (["ls", "--store", "/no/such/dir"], ["--store", "not found"]),
+    (["export", "--store", "/no/such/dir", "--key", "mfcc", "--h5", "x.h5"], ["--store", "not found"]),
+    (["train", "--exp", "demo", "--store", "/no/such/dir"], ["--store", "not found"]),
+])
+def test_argument_errors_are_one_line_exit_2_before_any_work(args, words, tmp_path):
+    """Checked at parse time: no hang (--workers -3 used to wait for ever on a cluster with no
+    workers), no traceback (--dataset cremd), no false all-clear (verify of a missing store)."""
+    p = subprocess.run([sys.executable, "-m", "experiments.cli", *args], capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+    assert not (tmp_path / "s").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_folder_that_is_no_store_is_refused(tmp_path):
+    p = run("verify", "--store", tmp_path, ok=False)
+    assert p.returncode == 2 and "not an emocache store" in first_line(p)
+    (tmp_path / "datasets").mkdir()
+    p = run("train", "--store", tmp_path, "--runs", tmp_path / "runs", ok=False)
+    assert p.returncode == 2 and "--exp" in first_line(p)     # a user error like any other: 2, not 1
+
+
+def test_version_and_help_for_every_option():
+    p = run("--version")
+    assert p.stdout.startswith("emocache ")
+    from experiments.cli import build_parser
+
+    parser = build_parser()
+    verbs = next(a for a in parser._actions if a.dest == "verb").choices
+    missing = [f"{verb} {' '.join(a.option_strings) or a.dest}" for verb, sp in verbs.items()
+               for a in sp._actions if a.dest != "help" and not a.help]
+    assert not missing, f"options without help text: {missing}"
