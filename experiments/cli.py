@@ -179,6 +179,26 @@ def cmd_predict(a) -> int:
     return 0
 
 
+def cmd_studies(a) -> int:
+    from experiments.plan import studies
+
+    rows = studies()
+    wn = max(len(r["name"]) for r in rows)
+    wt = max(len(r["task"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{wn}}  {r['task']:<{wt}}  {','.join(r['features']) or '-'}  {r['description']}")
+    return 0
+
+
+def cmd_plan(a) -> int:
+    from experiments import config as C
+    from experiments.plan import plan_text
+
+    text, _missing = plan_text(C.load(a.exp, a.set or []), a.store)
+    print(text)
+    return 0
+
+
 def cmd_merge(a) -> int:
     from experiments.folds import merge_prediction_csvs
 
@@ -241,6 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", help="a run dir to continue from its last checkpoint")
     t.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     t.set_defaults(fn=cmd_train)
+
+    st = sub.add_parser("studies", help="the studies that ship: name, task, extractors, description")
+    st.set_defaults(fn=cmd_studies)
+
+    pl = sub.add_parser("plan", help="every feature key a study needs, which exist, the command for the rest")
+    pl.add_argument("--exp", required=True, type=_study, help="study name (see `emocache studies`) or a YAML path")
+    pl.add_argument("--store", required=True, help="feature store folder (may not exist yet)")
+    pl.add_argument("--set", action="append", metavar="A.B=C", help="config override (repeatable)")
+    pl.set_defaults(fn=cmd_plan)
 
     r = sub.add_parser("predict", help="featurize one video and predict with a trained run")
     r.add_argument("video", help="the media file to predict")

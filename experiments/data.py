@@ -100,24 +100,36 @@ def features_command(store_root, dataset: str, extractor: str, params: dict) -> 
 
 
 def resolve_features(cfg: StudyConfig, store_root) -> list[ResolvedFeature]:
-    """Every (modality, feature spec) -> the store key it reads; a missing key stops with the fix."""
+    """Every (modality, feature spec) -> the store key it reads. Missing keys stop the run with
+    all of them named at once and the one command that makes them (experiments.plan), not one
+    extractor per attempt."""
     from store.reader import key_dir, list_keys
 
-    out = []
-    for modality, specs in cfg.features.items():
-        for spec in specs:
-            key = spec.key or compute_key(spec)
-            if not (key_dir(store_root, spec.extractor, key) / "extractor.json").is_file():
-                have = [k["key"] for k in list_keys(store_root) if k["extractor"] == spec.extractor]
-                hint = (f"; the store has {spec.extractor} keys {have} (made with other params or library "
-                        f"versions): pin one with --set features.{modality}.<i>.key=... or recompute"
-                        if have else "")
-                raise InputError(key_dir(store_root, spec.extractor, key), "missing_key",
-                                 f"study {cfg.name!r} needs {spec.extractor} features with params "
-                                 f"{spec.params or {}} (key {key}) and the store has none{hint}",
-                                 fix=features_command(store_root, cfg.dataset, spec.extractor, spec.params))
-            out.append(ResolvedFeature(modality, spec, key))
-    return out
+    from .plan import features_commands, needs
+
+    rows = needs(cfg, store_root)
+    missing = [n for n in rows if not n.present]
+    if missing:
+        have = {}
+        for k in list_keys(store_root):
+            have.setdefault(k["extractor"], []).append(k["key"])
+        parts = []
+        for n in missing:
+            text = f"{n.extractor} (params {n.params or {}}, key {n.key})"
+            if n.problem:
+                text += f": {n.problem}"
+            elif have.get(n.extractor):
+                text += (f" — the store has {n.extractor} keys {have[n.extractor]} (other params or library "
+                         f"versions): pin one with --set features.{n.modality}.<i>.key=... or recompute")
+            parts.append(text)
+        first = missing[0]
+        raise InputError(key_dir(store_root, first.extractor, first.key), "missing_key",
+                         f"study {cfg.name!r} needs {len(missing)} feature key(s) the store lacks: "
+                         + "; ".join(parts),
+                         fix=" && ".join(features_commands(cfg, store_root, missing))
+                         or f"see `emocache plan --exp {cfg.name} --store {store_root}`")
+    return [ResolvedFeature(n.modality, spec, n.key)
+            for n, spec in zip(rows, (s for specs in cfg.features.values() for s in specs))]
 
 
 def compute_key(spec: FeatureSpec) -> str:

@@ -1,5 +1,6 @@
 """The `emocache` console script as a user runs it: separate processes, exit codes, messages."""
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -127,3 +128,35 @@ def test_version_and_help_for_every_option():
     missing = [f"{verb} {' '.join(a.option_strings) or a.dest}" for verb, sp in verbs.items()
                for a in sp._actions if a.dest != "help" and not a.help]
     assert not missing, f"options without help text: {missing}"
+
+
+def test_studies_lists_every_shipped_study():
+    from experiments import config as C
+
+    p = run("studies")
+    names = [line.split()[0] for line in p.stdout.strip().splitlines()]
+    assert names == C.available()
+    demo = next(line for line in p.stdout.splitlines() if line.startswith("demo "))
+    assert "frames" in demo and "mesh,fer,logmel,mfcc" in demo
+
+
+@pytest.mark.slow
+def test_plan_names_every_missing_key_and_its_one_command_makes_them(corpus, tmp_path):
+    store = tmp_path / "store"
+    run("features", "--input", corpus, "--dataset", "demo", "--store", store,
+        "--extractors", "mfcc", "--workers", 1, "--quiet")
+    p = run("plan", "--exp", "eri-demo", "--store", store)
+    lines = p.stdout.splitlines()
+    assert "1 present, 2 missing" in lines[0], p.stdout
+    assert [ln.split()[1].split("/")[0] for ln in lines[1:4]] == ["fer", "mesh", "mfcc"]
+    cmds = [ln.strip() for ln in lines if ln.strip().startswith("emocache features")]
+    assert len(cmds) == 1 and "--extractors fer,mesh" in cmds[0], p.stdout
+
+    # train names all of them at once (not mesh now, fer after featurizing mesh, ...)
+    t = run("train", "--exp", "eri-demo", "--store", store, "--runs", tmp_path / "runs", ok=False)
+    assert t.returncode == 2 and "needs 2 feature key(s)" in t.stderr and "fer" in t.stderr and "mesh" in t.stderr
+
+    argv = shlex.split(cmds[0])[1:] + ["--workers", "1", "--quiet"]
+    run(*argv)
+    again = run("plan", "--exp", "eri-demo", "--store", store).stdout
+    assert "3 present, 0 missing" in again and "ready: emocache train --exp eri-demo" in again

@@ -164,7 +164,8 @@ def test_missing_feature_key_stops_with_the_command_that_makes_it(syn):
     with pytest.raises(InputError) as e:
         D.resolve_features(cfg, root / "store")
     assert e.value.reason == "missing_key"
-    assert "make features" in e.value.fix and "DATASET=syn" in e.value.fix and "EXTRACTORS=aud" in e.value.fix
+    assert e.value.fix.startswith("emocache features") and "--extractors aud" in e.value.fix
+    assert "datasets/syn/manifest.jsonl" in e.value.fix
     assert keys["aud"] in str(e.value)            # names the keys the store does have
 
 

@@ -1,0 +1,140 @@
+"""What a study needs from the store, all at once: `emocache studies` and `emocache plan`.
+
+Why: training used to stop at the first missing feature key (mesh; then, after featurizing
+mesh, fer; then ...), each time after minutes of work. The plan computes every key the study
+reads (the same key function the trainer uses), says which exist, and writes the one
+`emocache features` command that makes all the missing ones.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import config as C
+
+
+@dataclass(frozen=True)
+class Need:
+    """One feature a study reads: where it goes, what makes it, whether the store has it."""
+    modality: str
+    extractor: str
+    params: dict
+    upstream: dict
+    key: str
+    present: bool
+    videos: int          # finished videos in that key (0 when absent)
+    problem: str = ""    # why no key can be computed yet (e.g. backbone weights not named)
+
+
+def studies() -> list[dict]:
+    """Every study in experiments/configs: name, task, extractors, description (or its error)."""
+    out = []
+    for name in C.available():
+        try:
+            cfg = C.load(name)
+        except Exception as e:  # noqa: BLE001  (a broken YAML is listed, not fatal)
+            out.append({"name": name, "task": "?", "features": [], "description": f"cannot load: {e}"})
+            continue
+        feats = [s.extractor for specs in cfg.features.values() for s in specs]
+        out.append({"name": name, "task": cfg.task, "dataset": cfg.dataset,
+                    "features": list(dict.fromkeys(feats)), "description": cfg.description})
+    return out
+
+
+def needs(cfg: C.StudyConfig, store_root) -> list[Need]:
+    from store.errors import InputError
+    from store.reader import key_counts, key_dir
+
+    from .data import compute_key
+
+    out = []
+    for modality, specs in cfg.features.items():
+        for spec in specs:
+            try:
+                key = spec.key or compute_key(spec)
+            except InputError as e:
+                out.append(Need(modality, spec.extractor, dict(spec.params or {}), dict(spec.upstream or {}),
+                                "?", False, 0, problem=f"{e.message} — fix: {e.fix}" if e.fix else e.message))
+                continue
+            kdir = key_dir(store_root, spec.extractor, key)
+            present = (kdir / "extractor.json").is_file()
+            out.append(Need(modality, spec.extractor, dict(spec.params or {}), dict(spec.upstream or {}),
+                            key, present, key_counts(kdir)["n_done"] if present else 0))
+    return out
+
+
+def _value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "none"
+    if isinstance(v, (list, tuple)):
+        return ",".join(_value(x) for x in v)
+    return str(v)
+
+
+def features_commands(cfg: C.StudyConfig, store_root, missing: list[Need]) -> list[str]:
+    """`emocache features` command(s) that make `missing`: one, unless the study reads one
+    extractor with two different parameter sets (one command per set then). Needs with a
+    problem (no key computable) are left to their own fix."""
+    if not [n for n in missing if not n.problem]:
+        return []
+    store = Path(store_root)
+    manifest = store / "datasets" / cfg.dataset / "manifest.jsonl"
+    if manifest.is_file():
+        source = ["--input", str(manifest), "--name", cfg.dataset]
+    else:
+        from featurize import datasets
+
+        try:
+            datasets.get(cfg.dataset)
+            source = ["--input", "CORPUS_ROOT", "--dataset", cfg.dataset]
+        except ValueError:
+            source = ["--input", "CORPUS_ROOT", "--dataset", "ADAPTER", "--name", cfg.dataset]
+    groups: list[dict] = []          # each: extractor -> params (incl. upstream extractors')
+    for n in missing:
+        if n.problem:
+            continue
+        wanted = {n.extractor: n.params, **{u: dict(p or {}) for u, p in n.upstream.items()}}
+        for g in groups:
+            if all(g.get(e, p) == p for e, p in wanted.items()):
+                g.update(wanted)
+                g.setdefault("_names", []).append(n.extractor)
+                break
+        else:
+            groups.append({**wanted, "_names": [n.extractor]})
+    cmds = []
+    for g in groups:
+        if not g:
+            continue
+        names = list(dict.fromkeys(g.pop("_names")))
+        args = ["emocache", "features", *source, "--store", str(store), "--extractors", ",".join(names)]
+        for ext in sorted(g):
+            for k, v in sorted(g[ext].items()):
+                args += ["--param", f"{ext}.{k}={_value(v)}"]
+        cmds.append(shlex.join(args))
+    return cmds
+
+
+def plan_text(cfg: C.StudyConfig, store_root) -> tuple[str, int]:
+    """The printout of `emocache plan` and the number of missing keys."""
+    rows = needs(cfg, store_root)
+    missing = [n for n in rows if not n.present]
+    lines = [f"study {cfg.name} ({cfg.task}) reads {len(rows)} feature key(s) of dataset {cfg.dataset!r} "
+             f"from {store_root}: {len(rows) - len(missing)} present, {len(missing)} missing"]
+    w_mod = max(len(n.modality) for n in rows) if rows else 0
+    w_key = max(len(f"{n.extractor}/{n.key}") for n in rows) if rows else 0
+    for n in rows:
+        state = f"present, {n.videos} video(s)" if n.present else \
+            f"CANNOT KEY: {n.problem}" if n.problem else "MISSING"
+        params = f"  params {n.params}" if n.params and not n.problem else ""
+        lines.append(f"  {n.modality:<{w_mod}}  {n.extractor + '/' + n.key:<{w_key}}  {state}{params}")
+    cmds = features_commands(cfg, store_root, missing)
+    if cmds:
+        lines.append("make the missing key(s) with:" if len(cmds) == 1 else
+                     "make the missing keys with (one extractor, two parameter sets: one command each):")
+        lines += [f"  {c}" for c in cmds]
+    elif not missing:
+        lines.append(f"ready: emocache train --exp {cfg.name} --store {store_root}")
+    return "\n".join(lines), len(missing)
