@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from heads import metrics as M
+from heads import metrics
 from store.errors import InputError
 
 POOL_STATS = ("mean", "std", "p10", "p90")
@@ -61,11 +61,11 @@ def parse_specs(raw) -> list[BaselineSpec]:
     out = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or set(item) - names or "name" not in item:
-            raise InputError("<config>", "bad_labels", f"baselines[{i}] = {item!r}",
+            raise InputError("<config>", "bad_config", f"baselines[{i}] = {item!r}",
                              fix=f"a mapping with name and any of {sorted(names - {'name'})}")
         spec = BaselineSpec(**item)
         if spec.model not in MODELS:
-            raise InputError("<config>", "bad_labels", f"baselines[{i}].model {spec.model!r}",
+            raise InputError("<config>", "bad_config", f"baselines[{i}].model {spec.model!r}",
                              fix=f"one of {', '.join(MODELS)}")
         spec.features = list(spec.features) if isinstance(spec.features, (list, tuple)) else [spec.features]
         spec.C = float(spec.C)
@@ -195,7 +195,7 @@ def _model(spec: BaselineSpec, seed: int):
 
 def _scores(pred: np.ndarray, true: np.ndarray, n: int) -> dict:
     p, t = torch.as_tensor(pred), torch.as_tensor(true)
-    return {"uar": M.uar(p, t, n), "accuracy": M.accuracy(p, t), "n_clips": int(len(t))}
+    return {"uar": metrics.uar(p, t, n), "accuracy": metrics.accuracy(p, t), "n_clips": int(len(t))}
 
 
 def cross_validate(X: np.ndarray, y: np.ndarray, fold: np.ndarray, test_folds, spec: BaselineSpec,
@@ -214,8 +214,8 @@ def cross_validate(X: np.ndarray, y: np.ndarray, fold: np.ndarray, test_folds, s
     done = pred >= 0
     out = _scores(pred[done], y[done], len(classes))
     p, t = torch.as_tensor(pred[done]), torch.as_tensor(y[done])
-    out["per_class_recall"] = dict(zip(classes, M.per_class_recall(p, t, len(classes))))
-    out["confusion"] = M.confusion_matrix(p, t, len(classes))
+    out["per_class_recall"] = dict(zip(classes, metrics.per_class_recall(p, t, len(classes))))
+    out["confusion"] = metrics.confusion_matrix(p, t, len(classes))
     out["per_fold"] = per_fold
     out["pred"] = pred
     return out

@@ -178,10 +178,10 @@ def load_raw(study, _seen=()) -> dict:
     """The YAML as a dict with ``extends`` resolved."""
     path = study_path(study)
     if path.resolve() in _seen:
-        raise InputError(path, "bad_labels", "circular `extends`")
+        raise InputError(path, "bad_config", "circular `extends`")
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
-        raise InputError(path, "bad_labels", "a study YAML must be a mapping")
+        raise InputError(path, "bad_config", "a study YAML must be a mapping")
     parent = raw.pop("extends", None)
     if parent:
         base = load_raw(parent if not str(parent).endswith((".yaml", ".yml"))
@@ -208,7 +208,7 @@ def apply_overrides(raw: dict, overrides) -> dict:
     defaults = StudyConfig(name="", dataset="").to_dict()
     for item in overrides or ():
         if "=" not in item:
-            raise InputError("--set", "bad_labels", f"{item!r} is not a.b=c", fix="e.g. --set optim.lr=1e-4")
+            raise InputError("--set", "bad_config", f"{item!r} is not a.b=c", fix="e.g. --set optim.lr=1e-4")
         path, text = item.split("=", 1)
         keys = path.strip().split(".")
         node, dnode = raw, defaults
@@ -216,7 +216,7 @@ def apply_overrides(raw: dict, overrides) -> dict:
             node = node.setdefault(k, {})
             dnode = dnode.get(k, {}) if isinstance(dnode, dict) else {}
             if not isinstance(node, dict):
-                raise InputError("--set", "bad_labels", f"{path}: {k} is not a mapping")
+                raise InputError("--set", "bad_config", f"{path}: {k} is not a mapping")
         last = keys[-1]
         old = node.get(last, dnode.get(last) if isinstance(dnode, dict) else None)
         node[last] = _typed(yaml.safe_load(text) if text.strip() else None, old, path)
@@ -238,7 +238,7 @@ def _typed(value, old, path):
         if isinstance(old, str):
             return str(value)
     except (TypeError, ValueError):
-        raise InputError("--set", "bad_labels", f"{path}={value!r}: expected {type(old).__name__}") from None
+        raise InputError("--set", "bad_config", f"{path}={value!r}: expected {type(old).__name__}") from None
     return value
 
 
@@ -246,7 +246,7 @@ def from_dict(raw: dict) -> StudyConfig:
     raw = copy.deepcopy(raw)
     feats = raw.get("features") or {}
     if not isinstance(feats, dict):
-        raise InputError("<config>", "bad_labels", "features must map modality -> list of features")
+        raise InputError("<config>", "bad_config", "features must map modality -> list of features")
     raw["features"] = {m: [_build(FeatureSpec, f if isinstance(f, dict) else {"extractor": f}, f"features.{m}")
                            for f in (specs if isinstance(specs, list) else [specs])]
                        for m, specs in feats.items()}
@@ -265,12 +265,12 @@ def _build(cls, raw, where):
     if dataclasses.is_dataclass(raw):
         return raw
     if not isinstance(raw, dict):
-        raise InputError("<config>", "bad_labels", f"{where or 'config'} must be a mapping, got {raw!r}")
+        raise InputError("<config>", "bad_config", f"{where or 'config'} must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
-        raise InputError("<config>", "bad_labels", f"unknown key(s) {unknown} in {where or 'config'}",
+        raise InputError("<config>", "bad_config", f"unknown key(s) {unknown} in {where or 'config'}",
                          fix=f"valid keys: {', '.join(sorted(names))}")
     kw = {}
     for k, v in raw.items():
@@ -283,7 +283,7 @@ def _build(cls, raw, where):
     try:
         return cls(**kw)
     except TypeError as e:
-        raise InputError("<config>", "bad_labels", f"{where or 'config'}: {e}") from None
+        raise InputError("<config>", "bad_config", f"{where or 'config'}: {e}") from None
 
 
 def _dataclass_of(t):
@@ -309,5 +309,5 @@ def _coerce(v, t, where):
         if base is bool and isinstance(v, str):
             return v.lower() in ("1", "true", "yes", "on")
     except ValueError:
-        raise InputError("<config>", "bad_labels", f"{where}: {v!r} is not a {base.__name__}") from None
+        raise InputError("<config>", "bad_config", f"{where}: {v!r} is not a {base.__name__}") from None
     return v

@@ -24,11 +24,12 @@ import torch
 
 from store.errors import InputError
 
-from . import config as C
-from . import data as D
-from . import folds as F
-from . import runinfo
+from . import config, data, runinfo
+from .checkpoints import LAST, write_json
 from .evaluate import classification_metrics
+from .fit import run_fold
+from .folds import load_or_create
+from .prepare import fold_spec
 
 
 def _natural(f: str):
@@ -39,46 +40,37 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
 
 
-def _json(obj, path: Path) -> None:
-    from .train import _json as write
-
-    write(obj, path)
-
-
 def _fold(cfg_dict: dict, fold: str, store_root, fold_dir: str, device, threads: int | None) -> dict:
     """Train and score one held-out fold (runs in a worker process when folds run in parallel)."""
-    from .train import LAST, run_study
-
     if threads:
         torch.set_num_threads(threads)
     fold_dir = Path(fold_dir)
     fold_dir.mkdir(parents=True, exist_ok=True)
-    cfg = C.from_dict(cfg_dict)
+    cfg = config.from_dict(cfg_dict)
     cfg.folds.test, cfg.folds.val = fold, None
     t0 = time.time()
     with open(fold_dir / "log.txt", "a") as log, contextlib.redirect_stdout(log):
-        resume = fold_dir if (fold_dir / LAST).is_file() and (fold_dir / "config.yaml").is_file() else None
-        run_study(cfg, store_root, resume=resume, device=device, progress=False, run_dir=fold_dir)
+        resume = (fold_dir / LAST).is_file() and (fold_dir / "config.yaml").is_file()
+        if resume:     # the fold's own resolved config, as `--resume` reads it
+            cfg = config.load(fold_dir / "config.yaml")
+        run_fold(cfg, store_root, fold_dir, device, resume=resume, progress=False)
     return {"fold": fold, "seconds": round(time.time() - t0, 1)}
 
 
-def run(cfg: C.StudyConfig, store_root, run_dir, device=None, progress: bool = True) -> Path:
+def run(cfg: config.StudyConfig, store_root, run_dir, device=None, progress: bool = True) -> Path:
     """One model per fold (in ``train.fold_jobs`` processes), pooled metrics, baselines, report."""
-    from .train import pick_device
-
     t_start = time.time()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.folds.val is not None and str(cfg.folds.val) not in ("", "none", "null"):
-        raise InputError("<config>", "bad_labels", f"folds.test: all with folds.val {cfg.folds.val!r}",
+        raise InputError("<config>", "bad_config", f"folds.test: all with folds.val {cfg.folds.val!r}",
                          fix="cross-validation holds out one fold at a time: set folds.val: null and "
                              "train.select: last (or best, which then selects on the held-out fold, recorded)")
-    dev = pick_device(device)
-    C.dump(cfg, run_dir / "config.yaml")
-    _json(runinfo.collect(dev, cfg.seed), run_dir / "runinfo.json")
-    rows = D.dataset_rows(store_root, cfg.dataset)
-    spec = F.FoldSpec(cfg.folds.scheme, cfg.folds.n, cfg.folds.seed, cfg.folds.by, cfg.folds.stratify)
-    fold_of = F.load_or_create(store_root, cfg.dataset, rows, spec)
+    dev = runinfo.pick_device(device)
+    config.dump(cfg, run_dir / "config.yaml")
+    write_json(runinfo.collect(dev, cfg.seed), run_dir / "runinfo.json")
+    rows = data.dataset_rows(store_root, cfg.dataset)
+    fold_of = load_or_create(store_root, cfg.dataset, rows, fold_spec(cfg))
     folds = sorted({str(f) for f in fold_of.values()}, key=_natural)
     fold_dirs = {f: run_dir / f"fold-{f}" for f in folds}
     todo = [f for f in folds if not (fold_dirs[f] / "metrics.json").is_file()]
@@ -106,7 +98,7 @@ def run(cfg: C.StudyConfig, store_root, run_dir, device=None, progress: bool = T
     result = summarize(cfg, store_root, run_dir, folds, fold_of, rows)
     result["seconds"] = round(time.time() - t_start, 1)
     result["fold_seconds"] = fold_seconds
-    _json(result, run_dir / "metrics.json")
+    write_json(result, run_dir / "metrics.json")
     (run_dir / "report.md").write_text(report_text(result))
     _print(result, run_dir)
     return run_dir
@@ -120,7 +112,7 @@ def _read_predictions(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def summarize(cfg: C.StudyConfig, store_root, run_dir: Path, folds, fold_of: dict, rows: list[dict]) -> dict:
+def summarize(cfg: config.StudyConfig, store_root, run_dir: Path, folds, fold_of: dict, rows: list[dict]) -> dict:
     """Pool the folds' held-out predictions; run the baselines on the same folds and videos."""
     per_fold, fold_metrics = {}, {}
     for f in folds:
@@ -170,21 +162,21 @@ def summarize(cfg: C.StudyConfig, store_root, run_dir: Path, folds, fold_of: dic
 
 
 def _baselines(cfg, store_root, rows, fold_of, folds, classes, test_videos) -> dict:
-    from . import baselines as B
+    from . import baselines
 
     if cfg.baselines is None:
         return {}
     if cfg.labels.source != "clip":
         return {"classical baselines": {"skipped": "they need clip labels (labels.source: clip)"}}
-    specs = B.parse_specs(cfg.baselines)
+    specs = baselines.parse_specs(cfg.baselines)
     # a baseline feature the study also uses reads the study's own key (pinned or computed)
     known = {f.spec.extractor: {"extractor": f.spec.extractor, "params": f.spec.params, "key": f.key}
-             for f in D.resolve_features(cfg, store_root)}
+             for f in data.resolve_features(cfg, store_root)}
     for s in specs:
         s.features = [known.get(x, x) if isinstance(x, str) else x for x in s.features]
     tested = {v for vids in test_videos.values() for v in vids}     # exactly the head's test videos
     used = {v: fold_of[v] for v in tested}
-    return B.run_baselines(specs, rows, used, store_root, classes, target=cfg.labels.targets[0],
+    return baselines.run_baselines(specs, rows, used, store_root, classes, target=cfg.labels.targets[0],
                            group=cfg.data.normalize_by or "group", per_group=bool(cfg.data.normalize_by),
                            test_folds=folds, seed=cfg.seed)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from heads import metrics as M
+from heads import metrics
 
 
 class WindowAverager:
@@ -35,7 +35,7 @@ def frame_metrics(pred: torch.Tensor, true: torch.Tensor, valid: torch.Tensor, n
     """CCC (and RMSE) per target over all valid frames of a split concatenated."""
     out = {}
     for j, name in enumerate(names):
-        out[f"ccc_{name}"] = M.ccc(pred[:, j], true[:, j], valid)
+        out[f"ccc_{name}"] = metrics.ccc(pred[:, j], true[:, j], valid)
         err = (pred[valid, j].double() - true[valid, j].double()) ** 2
         out[f"rmse_{name}"] = float(err.mean().sqrt()) if len(err) else float("nan")
     out["ccc_mean"] = float(np.mean([out[f"ccc_{n}"] for n in names]))
@@ -45,7 +45,7 @@ def frame_metrics(pred: torch.Tensor, true: torch.Tensor, valid: torch.Tensor, n
 
 def clip_regression_metrics(pred: torch.Tensor, true: torch.Tensor, names) -> dict:
     """Pearson r per target over all clips of a split, APCC = their mean, and MSE."""
-    r = M.pearson_per_target(pred, true)
+    r = metrics.pearson_per_target(pred, true)
     out = {f"r_{n}": x for n, x in zip(names, r)}
     out["apcc"] = float(np.mean(r))
     out["mse"] = float(((pred.double() - true.double()) ** 2).mean())
@@ -56,11 +56,11 @@ def clip_regression_metrics(pred: torch.Tensor, true: torch.Tensor, names) -> di
 def classification_metrics(pred: torch.Tensor, true: torch.Tensor, classes) -> dict:
     """pred: logits [N, C] or labels [N]."""
     c = len(classes)
-    return {"accuracy": M.accuracy(pred, true),
-            "weighted_f1": M.weighted_f1(pred, true, c),
-            "uar": M.uar(pred, true, c),
-            "per_class_recall": dict(zip(classes, M.per_class_recall(pred, true, c))),
-            "confusion": M.confusion_matrix(pred, true, c),
+    return {"accuracy": metrics.accuracy(pred, true),
+            "weighted_f1": metrics.weighted_f1(pred, true, c),
+            "uar": metrics.uar(pred, true, c),
+            "per_class_recall": dict(zip(classes, metrics.per_class_recall(pred, true, c))),
+            "confusion": metrics.confusion_matrix(pred, true, c),
             "classes": list(classes),
             "n_clips": int(len(true))}
 

@@ -75,7 +75,7 @@ def assign(rows: list[dict], spec: FoldSpec) -> dict[str, object]:
         return {r["video_id"]: str(field_value(r, by)) for r in rows}
     if spec.scheme == "kfold":
         if spec.by and spec.stratify:
-            raise InputError("<config>", "bad_labels", "folds: use `by` or `stratify`, not both")
+            raise InputError("<config>", "bad_config", "folds: use `by` or `stratify`, not both")
         if spec.stratify:
             # shuffle within each stratum, then deal round-robin, continuing where the last
             # stratum stopped so fold sizes stay within one of each other
@@ -96,7 +96,7 @@ def assign(rows: list[dict], spec: FoldSpec) -> dict[str, object]:
             return {r["video_id"]: gfold[str(field_value(r, spec.by))] for r in rows}
         order = [ids[i] for i in rng.permutation(len(ids))]
         return {vid: i % spec.n for i, vid in enumerate(order)}
-    raise InputError("<config>", "bad_labels", f"unknown fold scheme {spec.scheme!r}",
+    raise InputError("<config>", "bad_config", f"unknown fold scheme {spec.scheme!r}",
                      fix=f"folds.scheme must be one of {', '.join(SCHEMES)}")
 
 
@@ -160,7 +160,7 @@ def roles(folds: dict[str, object], test, val=None, train=None) -> dict[str, lis
     present = {norm(f) for f in folds.values()}
     for name, want in (("test", test_s), ("val", val_s)):
         if want not in present:
-            raise InputError("<folds>", "bad_labels",
+            raise InputError("<folds>", "bad_config",
                              f"{name} fold {want!r} does not exist (folds: {sorted(present)})",
                              fix=f"set folds.{name} to one of {sorted(present)}")
     for vid in sorted(folds):

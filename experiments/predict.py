@@ -14,18 +14,14 @@ import hashlib
 import tempfile
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from store.errors import InputError
 
-from . import config as C
-from . import data as D
-from . import tasks as T
-from . import windows as W
-from .evaluate import WindowAverager
+from . import config, data, runinfo, tasks
+from .checkpoints import BEST, load_weights
 
 
 def _video_id(path: Path) -> str:
@@ -36,7 +32,7 @@ def _video_id(path: Path) -> str:
     return sanitize_id(f"predict-{path.stem}")[:120] + f"-{tag}"
 
 
-def _extractor_overrides(cfg: C.StudyConfig) -> tuple[list[str], dict]:
+def _extractor_overrides(cfg: config.StudyConfig) -> tuple[list[str], dict]:
     names, over = [], {}
     for specs in cfg.features.values():
         for spec in specs:
@@ -50,14 +46,6 @@ def _extractor_overrides(cfg: C.StudyConfig) -> tuple[list[str], dict]:
     return names, over
 
 
-def _n_outputs(cfg: C.StudyConfig) -> tuple[int, list[str]]:
-    if cfg.task == "clip_classification":
-        stat, _ = D.parse_target(cfg.labels.targets[0])
-        classes = list(cfg.labels.classes or (T.QUADRANTS if stat == "quadrant" else []))
-        return len(classes), classes
-    return len(cfg.labels.targets), list(cfg.labels.targets)
-
-
 def predict_video(video_path, run_dir, out_dir=None, store_root=None, device=None) -> Path:
     """Returns the predictions CSV path (a PNG trace is written beside it)."""
     from featurize.datasets.common import make_row
@@ -66,11 +54,11 @@ def predict_video(video_path, run_dir, out_dir=None, store_root=None, device=Non
     video_path, run_dir = Path(video_path), Path(run_dir)
     if not video_path.is_file():
         raise InputError(video_path, "missing_file", "video not found", fix="give the path of a media file")
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / "best.pt").is_file():
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / BEST).is_file():
         raise InputError(run_dir, "missing_file", "not a finished run (needs config.yaml and best.pt)",
                          fix="give a runs/<exp>/<stamp> folder of a run that trained at least one epoch")
-    cfg = C.load(run_dir / "config.yaml")
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = config.load(run_dir / "config.yaml")
+    dev = runinfo.pick_device(device)
     store = Path(store_root) if store_root else Path(tempfile.mkdtemp(prefix="emocache-predict-"))
     out = Path(out_dir) if out_dir else run_dir / "predict"
     out.mkdir(parents=True, exist_ok=True)
@@ -98,28 +86,25 @@ def predict_video(video_path, run_dir, out_dir=None, store_root=None, device=Non
     pinned = {m: [dataclasses.replace(s, key=summary.keys[s.extractor]) for s in specs]
               for m, specs in cfg.features.items()}
     pcfg = dataclasses.replace(cfg, dataset=dataset, features=pinned)
-    corpus = D.load_corpus(pcfg, store, dev, rows=[row], progress=False, with_labels=False)
+    corpus = data.load_corpus(pcfg, store, dev, rows=[row], progress=False, with_labels=False)
     if cfg.data.normalize_by:
         # per-group runs: the new video is its own group (its own statistics, as a new speaker)
-        D.apply_group_norm(corpus, D.fit_group_norm(corpus, cfg.data.normalize_by), cfg.data.normalize_by)
+        data.apply_group_norm(corpus, data.fit_group_norm(corpus, cfg.data.normalize_by), cfg.data.normalize_by)
     if (run_dir / "norm.pt").is_file():
-        D.apply_norm(corpus, torch.load(run_dir / "norm.pt", weights_only=True))
+        data.apply_norm(corpus, torch.load(run_dir / "norm.pt", weights_only=True))
 
-    n_out, names_out = _n_outputs(cfg)
-    shim = SimpleNamespace(cfg=cfg, corpus=corpus, n_outputs=n_out)
-    model = T.HEADS[cfg.head.name][0](shim, dict(cfg.head.args)).to(dev)
-    model.load_state_dict(torch.load(run_dir / "best.pt", map_location=dev, weights_only=True))
+    # the same Task as training, without labels: the same windows / clips, batching and head call
+    task = tasks.make(pcfg, corpus, {"predict": [0]}, dev, labelled=False)
+    model = task.build_model().to(dev)
+    load_weights(model, run_dir / BEST, dev)
     model.eval()
-
-    with torch.no_grad():
-        if cfg.task == "frames":
-            pred = _frames(cfg, corpus, model, n_out)
-        else:
-            pred = _clips(cfg, corpus, model, n_out)
+    pred = task.frame_predictions(task.predict(model, "predict"))
     if cfg.task == "clip_classification":
         pred = torch.softmax(pred, -1)
+        names_out = task.classes
         cols = [f"p_{c}" for c in names_out]
     else:
+        names_out = list(cfg.labels.targets)
         cols = [f"pred_{t}" for t in names_out]
 
     p = pred.cpu().numpy()
@@ -136,56 +121,6 @@ def predict_video(video_path, run_dir, out_dir=None, store_root=None, device=Non
     _trace(corpus.times, p, face, cols, out / f"{video_path.stem}.png", video_path.name)
     print(f"{video_path.name}: {len(p)} frames -> {csv_path}")
     return csv_path
-
-
-def _frames(cfg, corpus, model, n_out) -> torch.Tensor:
-    table = W.window_table(corpus.lengths, cfg.data.window, cfg.data.hop)
-    idx, valid = W.index_tensor(table, corpus.offsets, cfg.data.window, corpus.face.device)
-    avg = WindowAverager(len(corpus.frame_index), n_out, corpus.face.device)
-    mods = list(corpus.modalities.values())
-    bs = cfg.train.eval_batch_size
-    for lo in range(0, len(table), bs):
-        i, v = idx[lo:lo + bs], valid[lo:lo + bs]
-        b = {"x": [W.gather(m.x, i, v) for m in mods]}
-        avg.add(i, v, T._call(cfg.head.name, model, b).float())
-    return avg.result()[0]
-
-
-def _clips(cfg, corpus, model, n_out) -> torch.Tensor:
-    """Each frame gets the prediction of the clip it falls in (NaN where no clip covers it)."""
-    d = cfg.data
-    table = W.clip_table(corpus.lengths, d.clip, d.clip_hop, d.min_clip)
-    n = len(corpus.frame_index)
-    sums = torch.zeros(n, n_out, dtype=torch.float64, device=corpus.face.device)
-    counts = torch.zeros(n, dtype=torch.float64, device=corpus.face.device)
-    mods = list(corpus.modalities.values())
-    form = T.HEADS[cfg.head.name][1]
-    for r in range(len(table)):
-        sub = table.subset([r])
-        lo = int(corpus.offsets[sub.video[0]] + sub.start[0])
-        hi = lo + int(sub.length[0])
-        if form == "segments":
-            toks, oks = zip(*[W.segment_pool(m.x[lo:hi], m.mask[lo:hi], d.segments) for m in mods])
-            ok = torch.stack(oks).all(0)
-            ok[0] |= ~ok.any()
-            b = {"x": [t[None] for t in toks], "seg_mask": ok[None]}
-        else:
-            idx, valid = W.index_tensor(sub, corpus.offsets, int(sub.length[0]), corpus.face.device)
-            xs = [W.gather(m.x, idx, valid) for m in mods]
-            masks = [valid & m.mask[idx] for m in mods]
-            for mk in masks:
-                mk[:, 0] |= ~mk.any(1)
-            if form == "concat":
-                xs, masks = [torch.cat(xs, -1)], [torch.stack(masks).all(0)]
-                masks[0][:, 0] |= ~masks[0].any(1)
-            b = {"x": xs, "masks": masks}
-        o = T._call(cfg.head.name, model, b)
-        o = (o[0] if isinstance(o, tuple) else o)[0].double()
-        sums[lo:hi] += o
-        counts[lo:hi] += 1
-    out = sums / counts.clamp(min=1)[:, None]
-    out[counts == 0] = float("nan")
-    return out.float()
 
 
 def _trace(t, p, face, cols, path, title):

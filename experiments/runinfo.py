@@ -58,3 +58,25 @@ def machine(device=None) -> dict:
 def collect(device=None, seed=None) -> dict:
     return {"git": git_info(), "versions": versions(), "machine": machine(device), "seed": seed,
             "argv": list(sys.argv)}
+
+
+def pick_device(device=None):
+    """The device a run uses: the one named, else CUDA when there is one, else the CPU."""
+    import torch
+
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_all(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)

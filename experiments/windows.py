@@ -136,3 +136,17 @@ def segment_pool(x: torch.Tensor, mask: torch.Tensor, n_segments: int = 16):
     count = w.sum(1, keepdim=True)
     tokens = (w @ x) / count.clamp(min=1)
     return tokens, count[:, 0] > 0
+
+
+def pool_frames(x: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked mean over every ``k`` consecutive steps: [B, T, D] -> [B, ceil(T/k), D].
+
+    Why: a clip-level label needs no 10 ms resolution, and k-fold fewer steps make a
+    convolutional head k times cheaper. A pooled step is valid when any of its frames is.
+    """
+    b, t = mask.shape
+    pad = -t % k
+    m = torch.nn.functional.pad(mask, (0, pad)).reshape(b, -1, k).to(x.dtype)
+    xp = torch.nn.functional.pad(x, (0, 0, 0, pad)).reshape(b, -1, k, x.shape[-1])
+    n = m.sum(-1)
+    return (xp * m[..., None]).sum(2) / n.clamp_min(1)[..., None], n > 0

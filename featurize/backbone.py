@@ -4,7 +4,7 @@ Two ways to name a model (`weights` is always a local path; nothing is downloade
 - TorchScript (`arch=""`, the default): a `torch.jit.script`/`trace` file saved with
   `torch.jit.save`, loaded with `torch.jit.load`. The way to bring ResNet/IR-50 features.
 - a state dict (`arch="<name>"`): `torch.load(weights_only=True)` into an architecture
-  registered here with `@register_arch` (`tiny_cnn` ships for tests), or
+  registered here with `@ARCHS.register(name)` (`tiny_cnn` ships for tests), or
   `arch="torchvision:<model>"` when torchvision is installed.
 
 Input: `on="crops"` (the faces crops; masked crops are not run, zeros there) or
@@ -17,25 +17,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from featurize.registry import Extractor, register
+from featurize.registry import Extractor, Registry, register
 from store.errors import InputError
 
-ARCHS: dict[str, Callable] = {}
+# arch name -> a function `(**kwargs) -> nn.Module` that a state-dict weights file fits
+ARCHS = Registry("backbone arch", reason="extractor_error", where=None)
 
 
-def register_arch(name: str):
-    """Register a function `(**kwargs) -> nn.Module` under `name` for state-dict weights."""
-    def deco(fn):
-        ARCHS[name] = fn
-        return fn
-    return deco
-
-
-@register_arch("tiny_cnn")
+@ARCHS.register("tiny_cnn")
 def tiny_cnn(out_dim: int = 16):
     """A two-layer CNN with global pooling: for tests and smoke runs, not for features."""
     from torch import nn
@@ -84,10 +76,10 @@ def _load(c: BackboneConfig, path: Path, device):
                              "pip install torchvision, or save the model as TorchScript") from None
         model = torchvision.models.get_model(c.arch.split(":", 1)[1], weights=None)
     elif c.arch in ARCHS:
-        model = ARCHS[c.arch]()
+        model = ARCHS.get(c.arch)()
     else:
         raise InputError(path, "extractor_error", f"unknown backbone arch {c.arch!r}",
-                         f"use one of {sorted(ARCHS)} or torchvision:<name>, or TorchScript (arch='')")
+                         f"use one of {ARCHS.names()} or torchvision:<name>, or TorchScript (arch='')")
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
         if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):

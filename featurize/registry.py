@@ -21,10 +21,86 @@ import numpy as np
 
 from store.errors import InputError
 
-__all__ = ["Extractor", "register", "get", "names", "parse_config", "get_cached", "key_for",
-           "library_versions"]
+__all__ = ["Registry", "Extractor", "EXTRACTORS", "register", "get", "names", "parse_config", "get_cached",
+           "key_for", "library_versions"]
 
-_REGISTRY: dict[str, type["Extractor"]] = {}
+
+class Registry:
+    """Names -> things, filled by a decorator: the one registry style of the project.
+
+    ``@REG.register`` on a class with a ``name`` attribute, or ``@REG.register("name", **meta)``
+    on a class or function. ``entry(name, obj, **meta)`` (optional) turns what is decorated
+    into what is stored (e.g. a head's build + call glue) and may refuse it; the decorator
+    returns the decorated object unchanged. Extractors, backbone architectures, dataset
+    adapters, heads, losses, optimisers, schedulers and task kinds all use it.
+
+    An unknown name raises ``InputError(where, reason, ...)`` listing the known ones (``where``
+    None: the name itself is the path).
+    ``load`` (optional) imports the modules that register, on first lookup.
+    """
+
+    def __init__(self, kind: str, *, reason: str = "bad_config", where: str | None = "<config>",
+                 entry=None, load=None, aliases: dict | None = None):
+        self.kind, self.reason, self.where = kind, reason, where
+        self._entry, self._load, self._loaded = entry, load, load is None
+        self._items: dict[str, Any] = {}
+        self._objs: dict[str, Any] = {}
+        self.aliases = dict(aliases or {})
+
+    def register(self, name=None, **meta):
+        if name is not None and not isinstance(name, str):     # bare @register on a named class
+            return self._add(getattr(name, "name", ""), name, meta)
+
+        def deco(obj):
+            return self._add(name or getattr(obj, "name", ""), obj, meta)
+        return deco
+
+    def _add(self, name: str, obj, meta: dict):
+        if not name:
+            raise ValueError(f"{getattr(obj, '__name__', obj)!r} has no {self.kind} name")
+        old = self._objs.get(name)
+        # re-importing a module (a reload, a plugin imported twice) registers the same
+        # qualified name again: allowed; a second, different thing under one name is not
+        if old is not None and old is not obj and _qualname(old) != _qualname(obj):
+            raise ValueError(f"{self.kind} name {name!r} registered twice")
+        self._items[name] = self._entry(name, obj, **meta) if self._entry else obj
+        self._objs[name] = obj
+        return obj
+
+    def set_loader(self, load) -> None:
+        """``load()`` imports the modules that register; it runs once, on the first lookup."""
+        self._load, self._loaded = load, False
+
+    def _ensure_loaded(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            self._load()
+
+    def get(self, name: str):
+        self._ensure_loaded()
+        key = self.aliases.get(name, name)
+        try:
+            return self._items[key]
+        except (KeyError, TypeError):
+            raise InputError(self.where or name, self.reason, f"unknown {self.kind} {name!r}",
+                             fix=f"one of: {', '.join(self.names())}") from None
+
+    def names(self) -> list[str]:
+        self._ensure_loaded()
+        return sorted(self._items)
+
+    def __contains__(self, name) -> bool:
+        self._ensure_loaded()
+        return self.aliases.get(name, name) in self._items
+
+    def __iter__(self):
+        return iter(self.names())
+
+
+def _qualname(obj) -> tuple:
+    return getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+
+
 _CACHE: dict[tuple[str, Any], "Extractor"] = {}
 
 
@@ -75,35 +151,29 @@ class Extractor:
         raise NotImplementedError
 
 
-def register(cls):
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
+def _checked_extractor(name: str, cls):
     if cls.Config is None or not dataclasses.is_dataclass(cls.Config):
         raise ValueError(f"{cls.__name__}.Config must be a dataclass")
     if not cls.Config.__dataclass_params__.frozen:
         raise ValueError(f"{cls.__name__}.Config must be frozen (it is a cache key)")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"extractor name {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
     return cls
 
 
-def _ensure_loaded():
+def _load_extractors():
     import featurize  # noqa: F401  (imports the extractor modules, which register)
 
 
+EXTRACTORS = Registry("extractor", reason="extractor_error", where=None,
+                      entry=_checked_extractor, load=_load_extractors)
+register = EXTRACTORS.register      # @register on an Extractor subclass (its `name`)
+
+
 def get(name: str) -> type[Extractor]:
-    _ensure_loaded()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise InputError(name, "extractor_error", f"no extractor named {name!r}",
-                         f"use one of: {', '.join(names())}") from None
+    return EXTRACTORS.get(name)
 
 
 def names() -> list[str]:
-    _ensure_loaded()
-    return sorted(_REGISTRY)
+    return EXTRACTORS.names()
 
 
 def _coerce(value, typ, field: str, name: str):

@@ -14,7 +14,7 @@ from experiments import baselines as B
 from experiments import config as C
 from experiments import data as D
 from experiments.folds import FoldSpec, assign
-from experiments.tasks import pool_frames
+from experiments.windows import pool_frames
 from store.errors import InputError
 from store.reader import read_concat
 

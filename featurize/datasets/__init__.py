@@ -1,6 +1,7 @@
 """Dataset adapters: a corpus on disk -> manifest rows (one per video) for the pipeline.
 
-Each adapter module has `build(input_path, **options) -> list[dict]`; the rows follow the
+Each adapter module registers its `build(input_path, **options) -> list[dict]` with
+`@ADAPTERS.register("name")` (featurize.registry.Registry); the rows follow the
 contract (docs/interfaces.md, "Dataset manifests"). Labels stay out of the feature store:
 per-clip labels ride in the row, per-frame labels are referenced (`frame_labels`) and read
 by `load_frame_labels` at training time, so one cache serves every labelling of a corpus.
@@ -8,7 +9,6 @@ by `load_frame_labels` at training time, so one cache serves every labelling of 
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 from pathlib import Path
 
@@ -16,37 +16,32 @@ import numpy as np
 
 from store.errors import InputError
 
-from .common import make_row, read_manifest_jsonl
+from .common import ADAPTERS, make_row, read_manifest_jsonl
 
-# adapter name -> module (under featurize.datasets)
-ADAPTERS = {
-    "generic": "generic",
-    "demo": "demo",
-    "ravdess": "ravdess",
-    "cremad": "cremad",
-    "emodb": "emodb",
-    "affwild2": "affwild2",
-    "hume": "hume",
-    "labelled-csv": "labelled_csv",
-}
-_ALIASES = {"crema-d": "cremad", "crema_d": "cremad", "aff-wild2": "affwild2", "affwild": "affwild2",
-            "hume-reaction": "hume", "labelled_csv": "labelled-csv", "labeled-csv": "labelled-csv",
-            "csv": "labelled-csv", "emotions": "labelled-csv"}
+def _load_adapters():
+    # importing an adapter module registers it (they import nothing heavy)
+    from . import affwild2, cremad, demo, emodb, generic, hume, labelled_csv, ravdess  # noqa: F401
+
+
+ADAPTERS.aliases.update({"crema-d": "cremad", "crema_d": "cremad", "aff-wild2": "affwild2",
+                         "affwild": "affwild2", "hume-reaction": "hume", "labelled_csv": "labelled-csv",
+                         "labeled-csv": "labelled-csv", "csv": "labelled-csv", "emotions": "labelled-csv"})
+ADAPTERS.set_loader(_load_adapters)
 
 __all__ = ["ADAPTERS", "names", "get", "build", "build_rows", "load_frame_labels", "make_row",
            "read_manifest_jsonl"]
 
 
 def names() -> list[str]:
-    return list(ADAPTERS)
+    return ADAPTERS.names()
 
 
 def get(name: str):
-    """The adapter module for `name` (it has `build(input_path, **options)`)."""
-    key = _ALIASES.get(str(name).lower(), str(name).lower())
+    """The adapter's `build(input_path, **options)` for `name` (case-insensitive, aliases too)."""
+    key = str(name).lower()
     if key not in ADAPTERS:
-        raise ValueError(f"unknown dataset adapter {name!r}; known: {', '.join(ADAPTERS)}")
-    return importlib.import_module(f"{__name__}.{ADAPTERS[key]}")
+        raise ValueError(f"unknown dataset adapter {name!r}; known: {', '.join(names())}")
+    return ADAPTERS.get(key)
 
 
 def build(name: str | None, input_path, **options) -> list[dict]:
@@ -63,7 +58,7 @@ def build(name: str | None, input_path, **options) -> list[dict]:
         if path.is_file() and path.suffix == ".jsonl":
             return read_manifest_jsonl(path)
         name = "demo" if (path / "corpus.json").is_file() else "generic"
-    return get(name).build(path, **options)
+    return get(name)(path, **options)
 
 
 def build_rows(input_path, dataset: str | None = None, **options) -> list[dict]:

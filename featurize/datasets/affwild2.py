@@ -15,7 +15,7 @@ from pathlib import Path
 
 from store.errors import InputError
 
-from .common import VIDEO_EXTS, find_media, make_row, require_dir
+from .common import ADAPTERS, VIDEO_EXTS, find_media, make_row, require_dir
 
 SPLIT_DIRS = {"Train_Set": "train", "Validation_Set": "val", "Test_Set": "test"}
 
@@ -42,6 +42,7 @@ def media_name(stem: str) -> tuple[str, str | None]:
     return stem, None
 
 
+@ADAPTERS.register("affwild2")
 def build(input_path, videos=None, dataset: str = "affwild2") -> list[dict]:
     """`videos`: folder searched (recursively) for the media; default the input folder."""
     root = require_dir(input_path, "Aff-Wild2 folder", "point at the folder holding VA_Set")

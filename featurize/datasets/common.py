@@ -5,8 +5,12 @@ import csv
 import json
 from pathlib import Path
 
+from featurize.registry import Registry
 from store.errors import InputError
 from store.keys import is_safe_name, sanitize_id
+
+# dataset adapter name -> its build(input_path, **options); filled by @ADAPTERS.register in each module
+ADAPTERS = Registry("dataset adapter", where=None)
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".flv", ".m4v", ".mpg", ".mpeg", ".wmv")
 AUDIO_EXTS = (".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus")

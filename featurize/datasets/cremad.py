@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from .common import AUDIO_EXTS, VIDEO_EXTS, find_media, make_row, one_per_stem, require_dir
+from .common import ADAPTERS, AUDIO_EXTS, VIDEO_EXTS, find_media, make_row, one_per_stem, require_dir
 
 NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
 EMOTION = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
@@ -23,6 +23,7 @@ def parse_name(stem: str) -> dict | None:
             "sentence": sentence, "actor": actor}
 
 
+@ADAPTERS.register("cremad")
 def build(input_path, prefer=VIDEO_EXTS + AUDIO_EXTS, dataset: str = "cremad") -> list[dict]:
     root = require_dir(input_path, "CREMA-D folder", "point at VideoFlash/, AudioWAV/ or their parent")
     rows = []

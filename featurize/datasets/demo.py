@@ -9,9 +9,10 @@ from pathlib import Path
 
 from store.errors import InputError
 
-from .common import make_row
+from .common import ADAPTERS, make_row
 
 
+@ADAPTERS.register("demo")
 def build(input_path, dataset: str = "demo") -> list[dict]:
     from . import read_clip_meta
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from .common import AUDIO_EXTS, find_media, make_row, require_dir
+from .common import ADAPTERS, AUDIO_EXTS, find_media, make_row, require_dir
 
 NAME = re.compile(r"^(\d\d)([a-z]\d\d)([A-Z])([a-z]?)")
 EMOTION = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "happiness",
@@ -22,6 +22,7 @@ def parse_name(stem: str) -> dict | None:
             "version": version or None}
 
 
+@ADAPTERS.register("emodb")
 def build(input_path, dataset: str = "emodb") -> list[dict]:
     root = require_dir(input_path, "EmoDB folder", "point at EmoDB's wav/ folder or its parent")
     rows = []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from store.errors import InputError
 
-from .common import MEDIA_EXTS, find_media, make_row, read_csv_dicts, require_dir
+from .common import ADAPTERS, MEDIA_EXTS, find_media, make_row, read_csv_dicts, require_dir
 
 
 def _ids(root: Path, paths: list[Path]) -> dict[Path, str]:
@@ -24,6 +24,7 @@ def _ids(root: Path, paths: list[Path]) -> dict[Path, str]:
             for p in paths}
 
 
+@ADAPTERS.register("generic")
 def build(input_path, labels=None, recursive: bool = True, exts=MEDIA_EXTS,
           dataset: str = "generic", label_name: str = "label") -> list[dict]:
     """Rows for every media file under `input_path`; `labels` is a CSV path (relative paths in

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from store.errors import InputError
 
-from .common import MEDIA_EXTS, find_media, make_row, read_csv_dicts, require_dir
+from .common import ADAPTERS, MEDIA_EXTS, find_media, make_row, read_csv_dicts, require_dir
 
 EMOTIONS = ("Adoration", "Amusement", "Anxiety", "Disgust", "Empathic-Pain", "Fear", "Surprise")
 
@@ -25,6 +25,7 @@ def _float(text: str, path, n: int, col: str):
                          "intensities are numbers in [0, 1] (empty for test clips)") from None
 
 
+@ADAPTERS.register("hume")
 def build(input_path, videos=None, dataset: str = "hume") -> list[dict]:
     """`input_path`: data_info.csv, or the folder holding it."""
     path = require_dir(input_path, "Hume-Reaction data_info.csv", "point at data_info.csv or its folder")

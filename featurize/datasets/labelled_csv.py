@@ -10,9 +10,10 @@ from pathlib import Path
 
 from store.errors import InputError
 
-from .common import make_row, read_csv_dicts, require_dir
+from .common import ADAPTERS, make_row, read_csv_dicts, require_dir
 
 
+@ADAPTERS.register("labelled-csv")
 def build(input_path, root=None, dataset: str = "labelled-csv", label_name: str = "label") -> list[dict]:
     """`input_path`: the CSV, or a folder holding exactly one `*.csv` (e.g. labels.csv)."""
     path = require_dir(input_path, "labelled CSV", "give the CSV with columns path,label,split")

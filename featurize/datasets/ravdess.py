@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from .common import find_media, make_row, require_dir
+from .common import ADAPTERS, find_media, make_row, require_dir
 
 NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)")
 MODALITY = {"01": "full-AV", "02": "video-only", "03": "audio-only"}
@@ -27,6 +27,7 @@ def parse_name(stem: str) -> dict | None:
             "sex": "male" if a % 2 else "female"}
 
 
+@ADAPTERS.register("ravdess")
 def build(input_path, modalities=("full-AV", "video-only", "audio-only"), dataset: str = "ravdess") -> list[dict]:
     """Every RAVDESS-named media file under `input_path`; other files are ignored."""
     root = require_dir(input_path, "RAVDESS folder", "point at the folder of Actor_* folders or clips")

@@ -1,0 +1,119 @@
+"""The heads a study can name: how each is built from the corpus widths and the config, and
+which batch tensors it is called on, in which order.
+
+A head is one torch-only module in ``heads/`` plus ONE registration here (or in a module of
+your own, imported before training):
+
+    @HEADS.register("mine", batch="split", call=lambda model, b: model(b["x"][0], b["masks"][0]))
+    def build_mine(inputs: HeadInputs, **args):
+        from heads.mine import Mine
+        return Mine(inputs.dims[0], inputs.n_outputs, **args)
+
+``args`` are the study's ``head.args``. ``batch`` says which batch the clip tasks give it:
+``split`` (one frame sequence + mask per modality: ``b["x"]``, ``b["masks"]``), ``concat`` (the
+modalities joined into one sequence: ``b["x"][0]``, ``b["masks"][0]``) or ``segments`` (pooled
+tokens per modality ``b["x"]`` and ``b["seg_mask"]``). The frames task always gives windows per
+modality (``b["x"]``). ``call(model, batch)`` returns the head's output: a tensor, or a tuple
+whose first item is the prediction (AV-CPNet's extra uni-modal logits follow).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from featurize.registry import Registry
+from store.errors import InputError
+
+BATCH_FORMS = ("split", "concat", "segments")
+
+
+@dataclass(frozen=True)
+class HeadInputs:
+    """What a builder may know about its inputs (no labels, no data)."""
+    dims: list            # width of each modality, in the study's `features` order
+    widths: list          # per modality: the width of each of its features, in config order
+    n_outputs: int        # targets (regression) or classes (classification)
+    segments: int         # data.segments: tokens per clip for `segments` heads
+
+
+@dataclass(frozen=True)
+class Head:
+    name: str
+    build: Callable       # (HeadInputs, **head.args) -> nn.Module
+    call: Callable        # (model, batch dict) -> output
+    batch: str            # one of BATCH_FORMS
+
+
+def _entry(name, build, *, call, batch="split"):
+    if batch not in BATCH_FORMS:
+        raise ValueError(f"head {name!r}: batch must be one of {BATCH_FORMS}, not {batch!r}")
+    return Head(name, build, call, batch)
+
+
+HEADS = Registry("head", entry=_entry)
+
+
+def head_inputs(cfg, corpus, n_outputs: int) -> HeadInputs:
+    mods = list(corpus.modalities.values())
+    return HeadInputs([m.x.shape[1] for m in mods], [list(m.widths) for m in mods], n_outputs,
+                      cfg.data.segments)
+
+
+def build_head(cfg, inputs: HeadInputs):
+    """The study's head as an nn.Module; a constructor that refuses its args is a config error."""
+    head = HEADS.get(cfg.head.name)
+    try:
+        return head.build(inputs, **dict(cfg.head.args))
+    except (TypeError, ValueError) as e:
+        raise InputError("<config>", "bad_config", f"head {cfg.head.name!r}: {e}",
+                         fix="check head.args against the head's constructor (heads/)") from None
+
+
+# ----------------------------------------------------------------------------- the built-in heads
+
+
+def _need(cond: bool, message: str) -> None:
+    if not cond:
+        raise InputError("<config>", "bad_config", message, fix="see the study's `features` modalities")
+
+
+@HEADS.register("lfan", batch="split", call=lambda model, b: model(b["x"][0], b["x"][1:]))
+def build_lfan(inputs: HeadInputs, **args):
+    from heads.lfan import LeaderFollower
+
+    _need(len(inputs.dims) >= 2, "head lfan needs a visual and at least one audio modality")
+    return LeaderFollower(inputs.dims[0], inputs.dims[1:], n_outputs=inputs.n_outputs, **args)
+
+
+def _call_eri(model, b):
+    xs, masks = b["x"], b["masks"]
+    audio = len(xs) > 1
+    return model(xs[0], xs[1] if audio else None, masks[0], masks[1] if audio else None)
+
+
+@HEADS.register("eri", batch="split", call=_call_eri)
+def build_eri(inputs: HeadInputs, **args):
+    from heads.eri import ERIModel
+
+    if args.get("local_dim") == "auto":
+        # the last feature of the visual modality is the "local" one (landmarks / AUs)
+        widths = inputs.widths[0]
+        args["local_dim"] = widths[-1] if len(widths) > 1 else 0
+    d = inputs.dims
+    return ERIModel(d[0], d[1] if len(d) > 1 else None, n_outputs=inputs.n_outputs, **args)
+
+
+@HEADS.register("avcpnet", batch="segments", call=lambda model, b: model(b["x"][0], b["x"][1], b["seg_mask"]))
+def build_avcpnet(inputs: HeadInputs, **args):
+    from heads.avcpnet import AVCPNet
+
+    _need(len(inputs.dims) == 2, "head avcpnet needs exactly two modalities (visual, audio)")
+    return AVCPNet(inputs.dims[0], inputs.dims[1], n_classes=inputs.n_outputs, n_segments=inputs.segments,
+                   **args)
+
+
+@HEADS.register("sequence", batch="concat", call=lambda model, b: model(b["x"][0], b["masks"][0]))
+def build_sequence(inputs: HeadInputs, **args):
+    from heads.classifier import SequenceClassifier
+
+    return SequenceClassifier(sum(inputs.dims), inputs.n_outputs, **args)
