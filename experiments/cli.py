@@ -58,10 +58,10 @@ def _store(text: str) -> str:
 
 def _study(text: str) -> str:
     """A study name from experiments/configs or a YAML path that exists."""
-    from experiments import config as C
+    from experiments import config
 
     try:
-        C.study_path(text)
+        config.study_path(text)
     except InputError as e:
         raise argparse.ArgumentTypeError(f"{e.message}; {e.fix}") from None
     return text
@@ -191,10 +191,10 @@ def cmd_studies(a) -> int:
 
 
 def cmd_plan(a) -> int:
-    from experiments import config as C
+    from experiments import config
     from experiments.plan import plan_text
 
-    text, _missing = plan_text(C.load(a.exp, a.set or []), a.store)
+    text, _missing = plan_text(config.load(a.exp, a.set or []), a.store)
     print(text)
     return 0
 

@@ -11,7 +11,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config as C
+from . import config
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,9 @@ class Need:
 def studies() -> list[dict]:
     """Every study in experiments/configs: name, task, extractors, description (or its error)."""
     out = []
-    for name in C.available():
+    for name in config.available():
         try:
-            cfg = C.load(name)
+            cfg = config.load(name)
         except Exception as e:  # noqa: BLE001  (a broken YAML is listed, not fatal)
             out.append({"name": name, "task": "?", "features": [], "description": f"cannot load: {e}"})
             continue
@@ -42,7 +42,7 @@ def studies() -> list[dict]:
     return out
 
 
-def needs(cfg: C.StudyConfig, store_root) -> list[Need]:
+def needs(cfg: config.StudyConfig, store_root) -> list[Need]:
     from store.errors import InputError
     from store.reader import key_counts, key_dir
 
@@ -74,7 +74,7 @@ def _value(v) -> str:
     return str(v)
 
 
-def features_commands(cfg: C.StudyConfig, store_root, missing: list[Need]) -> list[str]:
+def features_commands(cfg: config.StudyConfig, store_root, missing: list[Need]) -> list[str]:
     """`emocache features` command(s) that make `missing`: one, unless the study reads one
     extractor with two different parameter sets (one command per set then). Needs with a
     problem (no key computable) are left to their own fix."""
@@ -117,7 +117,7 @@ def features_commands(cfg: C.StudyConfig, store_root, missing: list[Need]) -> li
     return cmds
 
 
-def plan_text(cfg: C.StudyConfig, store_root) -> tuple[str, int]:
+def plan_text(cfg: config.StudyConfig, store_root) -> tuple[str, int]:
     """The printout of `emocache plan` and the number of missing keys."""
     rows = needs(cfg, store_root)
     missing = [n for n in rows if not n.present]
