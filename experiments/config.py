@@ -61,6 +61,10 @@ class DataConfig:
     crop: int | None = None            # clip tasks: a random `crop`-frame cut per clip at train time
     noise: float = 0.0                 # clip tasks: Gaussian noise (std, normalised units) at train time
     frame_pool: int = 1                # clip tasks: average every k frames (masked) before the head
+    # clip tasks: {modality: [tokens, width]} flattens that modality's valid frames of a clip
+    # (time-major) and re-cuts the values into `tokens` tokens of `width` (zero-padded or cut):
+    # the ERI reference's audio ({audio: [32, 1024]}); {} keeps the time axis
+    recut: dict = field(default_factory=dict)
 
 
 @dataclass

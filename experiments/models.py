@@ -54,9 +54,17 @@ HEADS = Registry("head", entry=_entry)
 
 
 def head_inputs(cfg, corpus, n_outputs: int) -> HeadInputs:
-    mods = list(corpus.modalities.values())
-    return HeadInputs([m.x.shape[1] for m in mods], [list(m.widths) for m in mods], n_outputs,
-                      cfg.data.segments)
+    """The widths the head sees: a modality re-cut into tokens (data.recut) is `width` wide."""
+    recut = cfg.data.recut or {}
+    dims, widths = [], []
+    for name, m in corpus.modalities.items():
+        if name in recut:
+            dims.append(int(recut[name][1]))
+            widths.append([int(recut[name][1])])
+        else:
+            dims.append(m.x.shape[1])
+            widths.append(list(m.widths))
+    return HeadInputs(dims, widths, n_outputs, cfg.data.segments)
 
 
 def build_head(cfg, inputs: HeadInputs):

@@ -150,3 +150,24 @@ def pool_frames(x: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tens
     xp = torch.nn.functional.pad(x, (0, 0, 0, pad)).reshape(b, -1, k, x.shape[-1])
     n = m.sum(-1)
     return (xp * m[..., None]).sum(2) / n.clamp_min(1)[..., None], n > 0
+
+
+def recut(x: torch.Tensor, mask: torch.Tensor, tokens: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T, D] frames -> [B, tokens, width] tokens of their flattened values, and the token mask.
+
+    Each clip's valid frames (``mask``) are flattened time-major (frame 0's D values, then
+    frame 1's, ...), zero-padded or cut to ``tokens * width`` values and re-cut into tokens:
+    what the ERI reference did to its audio (40 MFCCs -> 32 x 1024). A token is valid when
+    it holds at least one real value; a clip with none keeps its first token.
+    """
+    b, _, d = x.shape
+    n = tokens * width
+    out = x.new_zeros(b, n)
+    filled = torch.zeros(b, dtype=torch.long, device=x.device)
+    for i in range(b):
+        flat = x[i][mask[i]].reshape(-1)[:n]
+        out[i, : len(flat)] = flat
+        filled[i] = len(flat)
+    tok_mask = torch.arange(tokens, device=x.device)[None, :] * width < filled[:, None]
+    tok_mask[:, 0] |= ~tok_mask.any(1)
+    return out.reshape(b, tokens, width), tok_mask

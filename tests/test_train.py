@@ -238,6 +238,21 @@ def test_clip_regression_eri_head_trains_on_clips(syn):
     assert (run / "scatter_test.png").is_file()
 
 
+def test_eri_audio_recut_into_tokens_reaches_the_head_as_tokens(syn):
+    root, keys = syn
+    _, run = _run(root, keys, "recut", task="clip_regression",
+                  labels={"source": "frames", "targets": ["mean(valence)", "mean(arousal)"], "scale": [-1, 1, 0, 1]},
+                  data={"clip": 80, "clip_hop": 80, "min_clip": 40, "recut": {"audio": [4, 8]}},
+                  head={"name": "eri", "args": {"hidden": 16, "gru_layers": 1, "depth": 1, "heads": 2,
+                                                "dim_head": 8, "mlp_dim": 16, "head_hidden": 16}},
+                  loss={"name": "mse"}, optim={"lr": 5e-3}, train={"epochs": 3, "batch_size": 8})
+    sd = torch.load(run / "best.pt", weights_only=True)
+    assert sd["audio.gru.weight_ih_l0"].shape == (48, 8)        # tokens of 8 values, not 3-d frames
+    assert sd["video.gru.weight_ih_l0"].shape == (48, 6)
+    m = json.loads((run / "metrics.json").read_text())["test"]
+    assert m["model"]["n_clips"] > 0 and np.isfinite(m["model"]["mse"])
+
+
 @pytest.mark.parametrize("head", ["avcpnet", "sequence"])
 def test_clip_classification_trains_and_reports_the_majority_baseline(syn, head):
     root, keys = syn

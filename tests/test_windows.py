@@ -64,3 +64,21 @@ def test_segment_pool_means_over_equal_spans_and_masks_empty_segments():
 def test_segment_bounds_short_clip_never_empty():
     start, end = segment_bounds(5, 16)
     assert (end > start).all() and end.max() == 5 and start.min() == 0
+
+
+def test_recut_flattens_valid_frames_time_major_into_tokens():
+    from experiments.windows import recut
+
+    # the ERI reference's audio: 40 MFCCs per frame -> 32 tokens of 1024 values
+    x = torch.arange(2 * 900 * 40, dtype=torch.float32).reshape(2, 900, 40)
+    mask = torch.ones(2, 900, dtype=torch.bool)
+    mask[1, 100:] = False                       # the second clip: 100 frames, then padding
+    mask[1, 10] = False                         # and one invalid frame inside it
+    tok, m = recut(x, mask, 32, 1024)
+    assert tok.shape == (2, 32, 1024) and m.shape == (2, 32)
+    torch.testing.assert_close(tok[0].reshape(-1), x[0].reshape(-1)[: 32 * 1024])   # 36000 values cut to 32768
+    assert m[0].all()
+    second = torch.cat([x[1, :10], x[1, 11:100]]).reshape(-1)                        # 99 frames = 3960 values
+    torch.testing.assert_close(tok[1].reshape(-1)[:3960], second)
+    assert (tok[1].reshape(-1)[3960:] == 0).all()
+    assert m[1].tolist() == [True] * 4 + [False] * 28                                 # ceil(3960 / 1024) = 4

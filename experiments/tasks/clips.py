@@ -46,6 +46,7 @@ class ClipTask(Task):
         self.role_rows = {role: np.flatnonzero(np.isin(self.table.video, np.asarray(vids, np.int64)))
                           for role, vids in roles.items()}
         self.form = self.head.batch
+        _check_recut(cfg, corpus, self.form)
         if self.form == "segments":
             self._pool_segments()
 
@@ -99,6 +100,10 @@ class ClipTask(Task):
             valid = windows.pool_frames(valid[..., None].float(), valid, d.frame_pool)[1]
         for mk in masks:   # a clip with no valid frame at all keeps one (zero) step, so attention has a key
             mk[:, 0] |= ~mk.any(1)
+        for i, name in enumerate(self.corpus.modalities):
+            if name in d.recut:          # values re-cut into tokens (the ERI reference's audio)
+                tokens, width = d.recut[name]
+                xs[i], masks[i] = windows.recut(xs[i], masks[i], int(tokens), int(width))
         if self.form == "concat":
             xs, masks = [torch.cat(xs, -1)], [valid & torch.stack(masks).all(0)]
             masks[0][:, 0] |= ~masks[0].any(1)
@@ -164,6 +169,21 @@ class ClipTask(Task):
     def _csv_head(self, pred: ClipPred, i: int) -> list:
         j = pred.samples[i]
         return [self.corpus.video_ids[self.table.video[j]], int(self.table.start[j]), int(self.table.length[j])]
+
+
+def _check_recut(cfg, corpus, form: str) -> None:
+    recut = cfg.data.recut or {}
+    unknown = sorted(set(recut) - set(corpus.modalities))
+    if unknown:
+        raise InputError("<config>", "bad_config", f"data.recut names modalities {unknown}",
+                         fix=f"modalities are {list(corpus.modalities)}")
+    bad = {k: v for k, v in recut.items()
+           if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(n, int) and n > 0 for n in v))}
+    if bad:
+        raise InputError("<config>", "bad_config", f"data.recut {bad}", fix="{modality: [tokens, width]}, e.g. {audio: [32, 1024]}")
+    if recut and form != "split":
+        raise InputError("<config>", "bad_config", f"data.recut needs a head fed per modality (batch split), "
+                         f"head {cfg.head.name!r} takes {form!r}", fix="drop data.recut or use e.g. head eri")
 
 
 @TASKS.register("clip_regression")

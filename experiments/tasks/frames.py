@@ -32,6 +32,9 @@ class FrameTask(Task):
 
     def __init__(self, cfg, corpus, roles, device, labelled=True):
         super().__init__(cfg, corpus, roles, device, labelled)
+        if cfg.data.recut:
+            raise InputError("<config>", "bad_config", "data.recut re-cuts whole clips; task frames keeps the time axis",
+                             fix="drop data.recut (it is for clip tasks, e.g. eri)")
         if labelled:
             if corpus.labels is None:
                 raise InputError("<config>", "bad_config",
