@@ -74,7 +74,9 @@ class FoldsConfig:
     seed: int = 0
     by: str | None = None          # kfold: keep rows sharing this field together (e.g. group)
     stratify: str | None = None    # kfold: balance this field over folds (e.g. labels.quadrant)
-    test: typing.Any = "test"   # "all": cross-validate, every fold held out in turn (experiments.crossval)
+    # "all": cross-validate, every fold held out in turn (experiments.crossval); on the abaw2
+    # scheme the fold models' predictions of the test split are merged (experiments.merge)
+    test: typing.Any = "test"
     val: typing.Any = "val"   # None: select the model on the test fold (recorded as such)
     train: list | None = None  # training folds; None = every fold that is not test / val
 

@@ -29,6 +29,7 @@ from .checkpoints import LAST, write_json
 from .evaluate import classification_metrics
 from .fit import run_fold
 from .folds import load_or_create
+from .merge import MERGE_FOLD, merge_folds
 from .prepare import fold_spec
 
 
@@ -40,14 +41,18 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
 
 
-def _fold(cfg_dict: dict, fold: str, store_root, fold_dir: str, device, threads: int | None) -> dict:
-    """Train and score one held-out fold (runs in a worker process when folds run in parallel)."""
+def _fold(cfg_dict: dict, fold: str, store_root, fold_dir: str, device, threads: int | None,
+          train_folds=None) -> dict:
+    """Train and score one held-out fold (runs in a worker process when folds run in parallel).
+    ``train_folds`` None: every other fold trains; a list: those (the merge fold never does)."""
     if threads:
         torch.set_num_threads(threads)
     fold_dir = Path(fold_dir)
     fold_dir.mkdir(parents=True, exist_ok=True)
     cfg = config.from_dict(cfg_dict)
     cfg.folds.test, cfg.folds.val = fold, None
+    if train_folds is not None:
+        cfg.folds.train = [f for f in train_folds if f != fold]
     t0 = time.time()
     with open(fold_dir / "log.txt", "a") as log, contextlib.redirect_stdout(log):
         resume = (fold_dir / LAST).is_file() and (fold_dir / "config.yaml").is_file()
@@ -72,6 +77,12 @@ def run(cfg: config.StudyConfig, store_root, run_dir, device=None, progress: boo
     rows = data.dataset_rows(store_root, cfg.dataset)
     fold_of = load_or_create(store_root, cfg.dataset, rows, fold_spec(cfg))
     folds = sorted({str(f) for f in fold_of.values()}, key=_natural)
+    merge_ids = []
+    if cfg.folds.scheme == "abaw2" and MERGE_FOLD in folds:
+        # the abaw2 test split: no fold of its own; the fold models' predictions of it are merged
+        folds.remove(MERGE_FOLD)
+        merge_ids = sorted(v for v, f in fold_of.items() if str(f) == MERGE_FOLD)
+    train_folds = folds if merge_ids else None
     fold_dirs = {f: run_dir / f"fold-{f}" for f in folds}
     todo = [f for f in folds if not (fold_dirs[f] / "metrics.json").is_file()]
     jobs = max(1, min(int(cfg.train.fold_jobs or 1), len(todo))) if dev.type == "cpu" else 1
@@ -87,15 +98,18 @@ def run(cfg: config.StudyConfig, store_root, run_dir, device=None, progress: boo
             from tqdm import tqdm
             it = tqdm(todo, desc=f"{cfg.name} folds", unit="fold")
         for f in it:
-            fold_seconds[f] = _fold(raw, f, str(store_root), str(fold_dirs[f]), device, None)["seconds"]
+            fold_seconds[f] = _fold(raw, f, str(store_root), str(fold_dirs[f]), device, None,
+                                    train_folds)["seconds"]
     elif todo:
         from joblib import Parallel, delayed
 
         # one thread per process: on a few cores, parallel folds beat threads inside one model
         out = Parallel(n_jobs=jobs, verbose=5 if progress else 0)(
-            delayed(_fold)(raw, f, str(store_root), str(fold_dirs[f]), device, 1) for f in todo)
+            delayed(_fold)(raw, f, str(store_root), str(fold_dirs[f]), device, 1, train_folds) for f in todo)
         fold_seconds = {o["fold"]: o["seconds"] for o in out}
     result = summarize(cfg, store_root, run_dir, folds, fold_of, rows)
+    if merge_ids and cfg.task == "frames":
+        result["merged"] = merge_folds(cfg, store_root, run_dir, folds, merge_ids, device, progress=progress)
     result["seconds"] = round(time.time() - t_start, 1)
     result["fold_seconds"] = fold_seconds
     write_json(result, run_dir / "metrics.json")
@@ -229,6 +243,8 @@ def report_text(result: dict) -> str:
     if result["task"] != "clip_classification":
         lines += ["| metric | mean over folds |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in result["model"]["mean_over_folds"].items()]
+        if "merged" in result:
+            lines += [""] + _merged_lines(result)
         return "\n".join(lines) + "\n"
     lines += ["Pooled over all held-out predictions:", "", "| method | UAR | accuracy |", "|---|---|---|"]
     for name, r in _rows_of(result):
@@ -248,6 +264,28 @@ def report_text(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _merged_lines(result: dict) -> list[str]:
+    """The ABAW2 protocol's table: each fold model on its held-out fold and on the test split,
+    and the fold models merged by CCC centering on the test split."""
+    mg = result["merged"]
+    per_fold = result["model"]["per_fold"]
+    lines = [f"Test split ({len(mg['videos'])} videos outside every fold), the fold models' predictions "
+             f"merged by CCC centering per video and target:", ""]
+    if not mg["labelled"]:
+        return lines + ["The test split has no labels: merged predictions in predictions/merged/, no CCC."]
+    ccc_keys = [k for k in mg["model"] if k.startswith("ccc_")]
+    lines += ["| model | held-out fold ccc_mean | " + " | ".join(f"test {k}" for k in ccc_keys) + " |",
+              "|---|---|" + "---|" * len(ccc_keys)]
+    for f, m in mg["per_fold"].items():
+        held = per_fold.get(f, {}).get("ccc_mean")
+        lines.append(f"| fold {f} | {held:.4f} | " if held is not None else f"| fold {f} | | ")
+        lines[-1] += " | ".join(f"{m[k]:.4f}" for k in ccc_keys) + " |"
+    lines.append("| **merged (CCC centering)** | | " + " | ".join(f"**{mg['model'][k]:.4f}**" for k in ccc_keys)
+                 + " |")
+    lines += ["", f"{mg['model']['n_frames']} labelled test frames."]
+    return lines
+
+
 def _print(result: dict, run_dir: Path) -> None:
     if result["task"] == "clip_classification":
         print(f"pooled over {len(result['protocol']['folds'])} folds ({result['model']['n_clips']} clips):")
@@ -258,4 +296,10 @@ def _print(result: dict, run_dir: Path) -> None:
                 print(f"  {name:<42} UAR {r['uar']:.3f}  accuracy {r['accuracy']:.3f}")
     else:
         print("mean over folds: " + ", ".join(f"{k}={v:.4f}" for k, v in result["model"]["mean_over_folds"].items()))
+        if result.get("merged", {}).get("labelled"):
+            mg = result["merged"]
+            print("test split, folds merged by CCC centering: "
+                  + ", ".join(f"{k}={v:.4f}" for k, v in mg["model"].items() if k.startswith("ccc_"))
+                  + "; single fold models ccc_mean "
+                  + ", ".join(f"{f}={m['ccc_mean']:.4f}" for f, m in mg["per_fold"].items()))
     print(f"report: {run_dir / 'report.md'}")

@@ -49,7 +49,7 @@ def assign(rows: list[dict], spec: FoldSpec) -> dict[str, object]:
         return {r["video_id"]: (r.get("split") or "train") for r in rows}
     if spec.scheme == "abaw2":
         # The reference: the training videos in 5 chunks (351 -> 70,70,70,70,71) and the
-        # original validation set as the sixth fold (index 5).
+        # original validation set as the sixth fold (index 5); the test split is fold "test".
         train = [r["video_id"] for r in sorted(rows, key=lambda r: r["video_id"])
                  if (r.get("split") or "train") == "train"]
         val = [r["video_id"] for r in rows if r.get("split") in ("val", "validation")]
@@ -63,6 +63,9 @@ def assign(rows: list[dict], spec: FoldSpec) -> dict[str, object]:
                 out[vid] = f
             pos += size
         out.update({vid: 5 for vid in val})
+        # the test split is no fold of the cross-validation: fold "test", which the six fold
+        # models never train on and whose predictions they merge (experiments.merge)
+        out.update({r["video_id"]: "test" for r in rows if r.get("split") == "test"})
         return out
     if spec.scheme == "group":
         # leave-one-group-out (e.g. one speaker per fold): the fold is the group's own value

@@ -22,6 +22,7 @@ from store.errors import InputError
 
 from . import config, data, runinfo, tasks
 from .checkpoints import BEST, load_weights
+from .prepare import normalise_like_run
 
 
 def _video_id(path: Path) -> str:
@@ -87,11 +88,7 @@ def predict_video(video_path, run_dir, out_dir=None, store_root=None, device=Non
               for m, specs in cfg.features.items()}
     pcfg = dataclasses.replace(cfg, dataset=dataset, features=pinned)
     corpus = data.load_corpus(pcfg, store, dev, rows=[row], progress=False, with_labels=False)
-    if cfg.data.normalize_by:
-        # per-group runs: the new video is its own group (its own statistics, as a new speaker)
-        data.apply_group_norm(corpus, data.fit_group_norm(corpus, cfg.data.normalize_by), cfg.data.normalize_by)
-    if (run_dir / "norm.pt").is_file():
-        data.apply_norm(corpus, torch.load(run_dir / "norm.pt", weights_only=True))
+    normalise_like_run(corpus, cfg, run_dir)
 
     # the same Task as training, without labels: the same windows / clips, batching and head call
     task = tasks.make(pcfg, corpus, {"predict": [0]}, dev, labelled=False)

@@ -72,3 +72,13 @@ def prepare(cfg: config.StudyConfig, store_root, run_dir: Path, device, progress
             "skipped_videos": corpus.skipped, "notes": corpus.notes, "store": str(store_root)}
     write_json(info, run_dir / "data.json")
     return Setup(cfg, run_dir, device, corpus, task, roles, norm)
+
+
+def normalise_like_run(corpus: data.Corpus, cfg: config.StudyConfig, run_dir: Path) -> None:
+    """New videos (predict, the merge set of cross-validation) normalised as the run's own:
+    per-group runs treat them as their own group (their own statistics, as a new speaker),
+    then the run's training-fold statistics (norm.pt)."""
+    if cfg.data.normalize_by:
+        data.apply_group_norm(corpus, data.fit_group_norm(corpus, cfg.data.normalize_by), cfg.data.normalize_by)
+    if (Path(run_dir) / "norm.pt").is_file():
+        data.apply_norm(corpus, torch.load(Path(run_dir) / "norm.pt", weights_only=True))
