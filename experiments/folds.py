@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from featurize.registry import Registry
 from store.errors import InputError
 
-SCHEMES = ("split", "abaw2", "kfold", "group")
+# scheme name -> (rows, FoldSpec, numpy Generator seeded with spec.seed) -> {video_id: fold}
+FOLD_SCHEMES = Registry("fold scheme")
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,10 @@ class FoldSpec:
             return f"abaw2-seed{self.seed}.jsonl"
         if self.scheme == "group":
             return f"group-by-{self.by or 'group'}.jsonl"
-        return (f"kfold{self.n}-seed{self.seed}" + (f"-by-{self.by}" if self.by else "")
-                + (f"-strat-{self.stratify}" if self.stratify else "") + ".jsonl")
+        extra = (f"-by-{self.by}" if self.by else "") + (f"-strat-{self.stratify}" if self.stratify else "")
+        if self.scheme == "kfold":
+            return f"kfold{self.n}-seed{self.seed}{extra}.jsonl"
+        return f"{self.scheme}-n{self.n}-seed{self.seed}{extra}.jsonl"     # any other registered scheme
 
 
 def assign(rows: list[dict], spec: FoldSpec) -> dict[str, object]:
@@ -44,63 +48,76 @@ def assign(rows: list[dict], spec: FoldSpec) -> dict[str, object]:
     if len(set(ids)) != len(ids):
         dup = [k for k, c in Counter(ids).items() if c > 1][:3]
         raise InputError("<dataset manifest>", "duplicate_id", f"duplicate video ids {dup}")
-    rng = np.random.default_rng(spec.seed)
-    if spec.scheme == "split":
-        return {r["video_id"]: (r.get("split") or "train") for r in rows}
-    if spec.scheme == "abaw2":
-        # The reference: the training videos in 5 chunks (351 -> 70,70,70,70,71) and the
-        # original validation set as the sixth fold (index 5); the test split is fold "test".
-        train = [r["video_id"] for r in sorted(rows, key=lambda r: r["video_id"])
-                 if (r.get("split") or "train") == "train"]
-        val = [r["video_id"] for r in rows if r.get("split") in ("val", "validation")]
-        train = [train[i] for i in rng.permutation(len(train))]
-        sizes = [len(train) // 5] * 5
-        for i in range(len(train) % 5):
-            sizes[4 - i] += 1                      # the remainder goes to the last chunks
+    return FOLD_SCHEMES.get(spec.scheme)(rows, spec, np.random.default_rng(spec.seed))
+
+
+@FOLD_SCHEMES.register("split")
+def _split(rows, spec, rng):
+    """The manifest's own split column (train / val / test)."""
+    return {r["video_id"]: (r.get("split") or "train") for r in rows}
+
+
+@FOLD_SCHEMES.register("abaw2")
+def _abaw2(rows, spec, rng):
+    """The reference: the training videos in 5 chunks (351 -> 70,70,70,70,71) and the original
+    validation set as the sixth fold (index 5). The test split is no fold of the
+    cross-validation: fold "test", which the six fold models never train on and whose
+    predictions they merge (experiments.merge)."""
+    train = [r["video_id"] for r in sorted(rows, key=lambda r: r["video_id"])
+             if (r.get("split") or "train") == "train"]
+    val = [r["video_id"] for r in rows if r.get("split") in ("val", "validation")]
+    train = [train[i] for i in rng.permutation(len(train))]
+    sizes = [len(train) // 5] * 5
+    for i in range(len(train) % 5):
+        sizes[4 - i] += 1                      # the remainder goes to the last chunks
+    out, pos = {}, 0
+    for f, size in enumerate(sizes):
+        for vid in train[pos:pos + size]:
+            out[vid] = f
+        pos += size
+    out.update({vid: 5 for vid in val})
+    out.update({r["video_id"]: "test" for r in rows if r.get("split") == "test"})
+    return out
+
+
+@FOLD_SCHEMES.register("group")
+def _group(rows, spec, rng):
+    """Leave-one-group-out (e.g. one speaker per fold): the fold is the group's own value."""
+    by = spec.by or "group"
+    missing = [r["video_id"] for r in rows if field_value(r, by) in (None, "")]
+    if missing:
+        raise InputError("<dataset manifest>", "bad_labels",
+                         f"folds.scheme group: {len(missing)} rows have no {by!r} (e.g. {missing[:3]})",
+                         fix="set folds.by to a field every row has, or use scheme kfold")
+    return {r["video_id"]: str(field_value(r, by)) for r in rows}
+
+
+@FOLD_SCHEMES.register("kfold")
+def _kfold(rows, spec, rng):
+    """n folds at random; `by` keeps a field's rows together, `stratify` balances a field."""
+    if spec.by and spec.stratify:
+        raise InputError("<config>", "bad_config", "folds: use `by` or `stratify`, not both")
+    if spec.stratify:
+        # shuffle within each stratum, then deal round-robin, continuing where the last
+        # stratum stopped so fold sizes stay within one of each other
+        strata: dict[str, list[str]] = {}
+        for r in sorted(rows, key=lambda r: r["video_id"]):
+            strata.setdefault(str(field_value(r, spec.stratify)), []).append(r["video_id"])
         out, pos = {}, 0
-        for f, size in enumerate(sizes):
-            for vid in train[pos:pos + size]:
-                out[vid] = f
-            pos += size
-        out.update({vid: 5 for vid in val})
-        # the test split is no fold of the cross-validation: fold "test", which the six fold
-        # models never train on and whose predictions they merge (experiments.merge)
-        out.update({r["video_id"]: "test" for r in rows if r.get("split") == "test"})
+        for key in sorted(strata):
+            members = strata[key]
+            for i in rng.permutation(len(members)):
+                out[members[i]] = pos % spec.n
+                pos += 1
         return out
-    if spec.scheme == "group":
-        # leave-one-group-out (e.g. one speaker per fold): the fold is the group's own value
-        by = spec.by or "group"
-        missing = [r["video_id"] for r in rows if field_value(r, by) in (None, "")]
-        if missing:
-            raise InputError("<dataset manifest>", "bad_labels",
-                             f"folds.scheme group: {len(missing)} rows have no {by!r} (e.g. {missing[:3]})",
-                             fix="set folds.by to a field every row has, or use scheme kfold")
-        return {r["video_id"]: str(field_value(r, by)) for r in rows}
-    if spec.scheme == "kfold":
-        if spec.by and spec.stratify:
-            raise InputError("<config>", "bad_config", "folds: use `by` or `stratify`, not both")
-        if spec.stratify:
-            # shuffle within each stratum, then deal round-robin, continuing where the last
-            # stratum stopped so fold sizes stay within one of each other
-            strata: dict[str, list[str]] = {}
-            for r in sorted(rows, key=lambda r: r["video_id"]):
-                strata.setdefault(str(field_value(r, spec.stratify)), []).append(r["video_id"])
-            out, pos = {}, 0
-            for key in sorted(strata):
-                members = strata[key]
-                for i in rng.permutation(len(members)):
-                    out[members[i]] = pos % spec.n
-                    pos += 1
-            return out
-        if spec.by:
-            groups = sorted({str(field_value(r, spec.by)) for r in rows})
-            order = [groups[i] for i in rng.permutation(len(groups))]
-            gfold = {g: i % spec.n for i, g in enumerate(order)}
-            return {r["video_id"]: gfold[str(field_value(r, spec.by))] for r in rows}
-        order = [ids[i] for i in rng.permutation(len(ids))]
-        return {vid: i % spec.n for i, vid in enumerate(order)}
-    raise InputError("<config>", "bad_config", f"unknown fold scheme {spec.scheme!r}",
-                     fix=f"folds.scheme must be one of {', '.join(SCHEMES)}")
+    if spec.by:
+        groups = sorted({str(field_value(r, spec.by)) for r in rows})
+        order = [groups[i] for i in rng.permutation(len(groups))]
+        gfold = {g: i % spec.n for i, g in enumerate(order)}
+        return {r["video_id"]: gfold[str(field_value(r, spec.by))] for r in rows}
+    ids = sorted(r["video_id"] for r in rows)
+    order = [ids[i] for i in rng.permutation(len(ids))]
+    return {vid: i % spec.n for i, vid in enumerate(order)}
 
 
 def field_value(row: dict, dotted: str):

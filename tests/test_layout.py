@@ -93,6 +93,7 @@ def test_heads_import_torch_only():
 
 
 def test_every_registry_is_the_one_registry_type():
+    from experiments.folds import FOLD_SCHEMES
     from experiments.losses import LOSSES
     from experiments.models import HEADS
     from experiments.optim import OPTIMIZERS, SCHEDULERS
@@ -102,7 +103,7 @@ def test_every_registry_is_the_one_registry_type():
     from featurize.registry import EXTRACTORS, Registry
     from store.errors import InputError
 
-    for reg in (LOSSES, HEADS, OPTIMIZERS, SCHEDULERS, TASKS, ARCHS, ADAPTERS, EXTRACTORS):
+    for reg in (LOSSES, HEADS, OPTIMIZERS, SCHEDULERS, TASKS, FOLD_SCHEMES, ARCHS, ADAPTERS, EXTRACTORS):
         assert isinstance(reg, Registry) and reg.names(), reg.kind
     assert {"lfan", "eri", "avcpnet", "sequence"} <= set(HEADS.names())
     assert {"ccc", "mse", "l1", "apcc", "ce", "ep_ce", "pcce"} <= set(LOSSES.names())
