@@ -273,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("predict", help="featurize one video and predict with a trained run")
     r.add_argument("video", help="the media file to predict")
-    r.add_argument("--run", required=True, help="a finished run folder (runs/<study>/<stamp>)")
+    r.add_argument("--run", required=True, help="a finished run folder (runs/<study>/<stamp>); a cross-validated "
+                   "one (folds.test=all) predicts with every fold model, merged")
     r.add_argument("--out", help="folder for the CSV and PNG (default: RUN/predict)")
     r.add_argument("--store", help="store to cache this video's features in (default: a temp one)")
     r.set_defaults(fn=cmd_predict)

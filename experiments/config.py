@@ -225,8 +225,20 @@ def apply_overrides(raw: dict, overrides) -> dict:
                 raise InputError("--set", "bad_config", f"{path}: {k} is not a mapping")
         last = keys[-1]
         old = node.get(last, dnode.get(last) if isinstance(dnode, dict) else None)
-        node[last] = _typed(yaml.safe_load(text) if text.strip() else None, old, path)
+        value = yaml.safe_load(text) if text.strip() else None
+        # a field that takes several types (folds.test: a fold or "all") keeps the value as parsed
+        node[last] = value if _annotation(keys) is typing.Any else _typed(value, old, path)
     return raw
+
+
+def _annotation(keys):
+    """The declared type of a dotted config path (None where it leaves the dataclasses)."""
+    cls = StudyConfig
+    for k in keys:
+        if not dataclasses.is_dataclass(cls):
+            return None
+        cls = typing.get_type_hints(cls).get(k)
+    return cls
 
 
 def _typed(value, old, path):

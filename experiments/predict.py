@@ -22,6 +22,7 @@ from store.errors import InputError
 
 from . import config, data, runinfo, tasks
 from .checkpoints import BEST, load_weights
+from .folds import merge_prediction_csvs
 from .prepare import normalise_like_run
 
 
@@ -48,13 +49,19 @@ def _extractor_overrides(cfg: config.StudyConfig) -> tuple[list[str], dict]:
 
 
 def predict_video(video_path, run_dir, out_dir=None, store_root=None, device=None) -> Path:
-    """Returns the predictions CSV path (a PNG trace is written beside it)."""
+    """Returns the predictions CSV path (a PNG trace is written beside it).
+
+    A cross-validated run (``folds.test: all``: fold-*/ runs, no best.pt of its own) predicts
+    with every fold model and merges them (see ``_predict_with_folds``)."""
     from featurize.datasets.common import make_row
     from featurize.pipeline import run_features, write_manifest
 
     video_path, run_dir = Path(video_path), Path(run_dir)
     if not video_path.is_file():
         raise InputError(video_path, "missing_file", "video not found", fix="give the path of a media file")
+    fold_runs = sorted(d for d in run_dir.glob("fold-*") if (d / BEST).is_file() and (d / "config.yaml").is_file())
+    if not (run_dir / BEST).is_file() and fold_runs:
+        return _predict_with_folds(video_path, run_dir, fold_runs, out_dir, store_root, device)
     if not (run_dir / "config.yaml").is_file() or not (run_dir / BEST).is_file():
         raise InputError(run_dir, "missing_file", "not a finished run (needs config.yaml and best.pt)",
                          fix="give a runs/<exp>/<stamp> folder of a run that trained at least one epoch")
@@ -118,6 +125,49 @@ def predict_video(video_path, run_dir, out_dir=None, store_root=None, device=Non
     _trace(corpus.times, p, face, cols, out / f"{video_path.stem}.png", video_path.name)
     print(f"{video_path.name}: {len(p)} frames -> {csv_path}")
     return csv_path
+
+
+def _predict_with_folds(video_path: Path, run_dir: Path, fold_runs, out_dir, store_root, device) -> Path:
+    """Every fold model predicts the video (one cache for all); the frames task merges the
+    traces by CCC centering as the ABAW2 protocol does, clip tasks average the fold outputs
+    (class probabilities, or intensities) per frame. Per-fold CSVs stay in fold-<f>/."""
+    out = Path(out_dir) if out_dir else run_dir / "predict"
+    store = Path(store_root) if store_root else Path(tempfile.mkdtemp(prefix="emocache-predict-"))
+    paths = [predict_video(video_path, d, out / d.name, store, device) for d in fold_runs]
+    merged = out / f"{video_path.stem}.csv"
+    if config.load(run_dir / "config.yaml").task == "frames":
+        merge_prediction_csvs(paths, merged)
+    else:
+        _mean_csvs(paths, merged)
+    table = np.genfromtxt(merged, delimiter=",", names=True, dtype=None, encoding=None)
+    cols = [c for c in table.dtype.names if c.startswith(("pred_", "p_"))]
+    values = np.stack([table[c].astype(float) for c in cols], 1) if cols else np.zeros((len(table), 0))
+    _trace(table["t"], values, table["face"].astype(bool), cols, merged.with_suffix(".png"),
+           f"{video_path.name}: {len(paths)} fold models merged")
+    print(f"{video_path.name}: {len(paths)} fold models merged -> {merged}")
+    return merged
+
+
+def _mean_csvs(paths, out_path) -> None:
+    """Per-frame mean of the fold models' value columns (pred_*, p_*); `pred` = the argmax class."""
+    tables = []
+    for p in paths:
+        with open(p, newline="") as f:
+            tables.append(list(csv.DictReader(f)))
+    head = list(tables[0][0]) if tables[0] else []
+    vals = [c for c in head if c.startswith(("pred_", "p_"))]
+    with open(out_path, "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(head)
+        for i, row in enumerate(tables[0]):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)       # uncovered frames stay NaN
+                mean = {c: float(np.nanmean([float(t[i][c]) for t in tables])) for c in vals}
+            probs = {c: v for c, v in mean.items() if c.startswith("p_")}
+            if "pred" in row:
+                row = {**row, "pred": max(probs, key=probs.get)[2:] if probs and all(np.isfinite(list(probs.values())))
+                       else ""}
+            wr.writerow([f"{mean[c]:.5f}" if c in mean else row[c] for c in head])
 
 
 def _trace(t, p, face, cols, path, title):

@@ -53,3 +53,11 @@ def test_yaml_path_with_extends_and_round_trip(tmp_path):
     again = C.load(tmp_path / "resolved.yaml")
     assert again == cfg
     assert list(again.features) == list(cfg.features)                  # modality order is meaning
+
+
+def test_folds_test_all_overrides_a_numbered_fold():
+    # abaw2 holds out fold 5; `--set folds.test=all` must give the 6-fold protocol, not "expected int"
+    cfg = C.load("abaw2", ["folds.test=all"])
+    assert cfg.folds.test == "all"
+    assert C.load("abaw2", ["folds.test=3"]).folds.test == 3
+    assert C.load("abaw2", ["optim.lr=1e-4"]).optim.lr == 1e-4

@@ -310,3 +310,18 @@ def test_predict_video_featurizes_through_the_cache_and_writes_csv_and_png(tmp_p
     # cached under its own id beside (never on top of) the training copy of the same file
     mesh_ids = {p.name for p in (store / "features" / "mesh").glob("*/*") if p.is_dir()}
     assert "demo_02" in mesh_ids and any(i.startswith("predict-demo_02-") for i in mesh_ids)
+
+    # a cross-validated run predicts with every fold model, merged by CCC centering (frames task)
+    from experiments.folds import ccc_centering
+
+    cv = run_study(study, store, tmp_path / "runs", progress=False,
+                   overrides=["folds.test=all", "folds.val=null"])
+    merged = predict_video(video, cv, out_dir=tmp_path / "cvpred", store_root=store)
+    table = np.genfromtxt(merged, delimiter=",", names=True)
+    assert len(table) == 50 and np.isfinite(table["pred_valence"]).all()
+    folds = [np.genfromtxt(tmp_path / "cvpred" / f"fold-{f}" / "demo_02.csv", delimiter=",", names=True)
+             for f in range(4)]
+    for col in ("pred_valence", "pred_arousal"):
+        want = ccc_centering(np.stack([t[col] for t in folds]))
+        np.testing.assert_allclose(table[col], want, atol=2e-5)
+    assert merged.with_suffix(".png").is_file()
