@@ -116,3 +116,17 @@ def test_merge_prediction_csvs_applies_ccc_centering_per_column(tmp_path):
     got = np.array([[float(x) for x in r.split(",")[3:]] for r in rows[1:]])
     ref = np.stack([ccc_centering(np.round(preds[:, :, j], 6)) for j in range(2)], 1)
     np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_clip_fold_predictions_average_per_frame_and_keep_uncovered_frames_empty(tmp_path):
+    from experiments.predict import _mean_csvs
+
+    head = "frame,t,p_a,p_b,face,pred\n"
+    (tmp_path / "f0.csv").write_text(head + "0,0.0,0.9,0.1,1,a\n1,0.04,0.2,0.8,1,b\n2,0.08,nan,nan,0,\n")
+    (tmp_path / "f1.csv").write_text(head + "0,0.0,0.5,0.5,1,a\n1,0.04,0.6,0.4,1,a\n2,0.08,nan,nan,0,\n")
+    _mean_csvs([tmp_path / "f0.csv", tmp_path / "f1.csv"], tmp_path / "m.csv")
+    lines = (tmp_path / "m.csv").read_text().splitlines()
+    assert lines[0] == "frame,t,p_a,p_b,face,pred"
+    assert lines[1] == "0,0.0,0.70000,0.30000,1,a"
+    assert lines[2] == "1,0.04,0.40000,0.60000,1,b"          # the mean decides, not the first fold
+    assert lines[3] == "2,0.08,nan,nan,0,"
