@@ -210,6 +210,8 @@ def cmd_merge(a) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="emocache", description=__doc__)
     p.add_argument("--version", action="version", version=f"emocache {_version()}")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show third-party logs (TensorFlow Lite, absl, Dask) that are off by default")
     sub = p.add_subparsers(dest="verb", required=True, parser_class=_Parser, metavar="VERB")
 
     f = sub.add_parser("features", help="featurize a corpus into the store (Dask, one task per video)")
@@ -294,9 +296,23 @@ def parse(argv=None):
     return a
 
 
+def configure_logging(verbose: bool) -> None:
+    """Quiet by default, set before anything imports mediapipe or starts a worker (workers
+    inherit the environment): featurize.quiet keeps TFLite/absl banners off fd 2 unless
+    EMOCACHE_VERBOSE; Dask's own INFO lines stay at WARNING unless -v."""
+    import logging
+
+    from featurize.quiet import VERBOSE_ENV
+
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+        logging.getLogger("distributed").setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "emocache-numba"))
     a = parse(argv)
+    configure_logging(a.verbose)
     try:
         return a.fn(a)
     except InputError as e:

@@ -149,3 +149,20 @@ class Mfcc(_Audio):
         if c.deltas:
             parts += [_delta(mf, c.delta_width, 1), _delta(mf, c.delta_width, 2)]
         return self._out(np.concatenate(parts, axis=0).T)
+
+
+def warm_cache(seconds: float = 1.0) -> float:
+    """Run logmel and mfcc once on a short tone so numba compiles librosa's kernels into
+    NUMBA_CACHE_DIR now (`make install` calls this), not inside every worker's first video.
+
+    Measured (issue 10): one audio-only video took 90 s with an empty cache and 21 s with a
+    warm one on a loaded 2-core machine; the first demo video in each worker took 466 s
+    cold. Returns the seconds this took."""
+    import time
+
+    t0 = time.monotonic()
+    sr = 16000
+    x = (0.1 * np.sin(2 * np.pi * 220 * np.arange(int(sr * seconds)) / sr)).astype(np.float32)
+    Logmel().extract(x, sr)
+    Mfcc().extract(x, sr)
+    return time.monotonic() - t0

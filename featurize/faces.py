@@ -182,13 +182,22 @@ class Faces(Extractor):
     libraries = ("mediapipe", "opencv-contrib-python", "av")
 
     def __init__(self, config: FacesConfig | None = None):
-        import mediapipe as mp
+        from .quiet import native_stderr_off
 
         super().__init__(config)
-        self._det = mp.solutions.face_detection.FaceDetection(
-            model_selection=self.config.model_selection,
-            min_detection_confidence=self.config.min_confidence)
+        with native_stderr_off():   # TFLite/absl banners on fd 2; a blank frame makes the graph print them now
+            import mediapipe as mp
+
+            self._det = mp.solutions.face_detection.FaceDetection(
+                model_selection=self.config.model_selection,
+                min_detection_confidence=self.config.min_confidence)
+            self._det.process(np.zeros((64, 64, 3), np.uint8))
         self.start(None)
+
+    def close(self) -> None:
+        if self._det is not None:
+            self._det.close()
+            self._det = None
 
     def start(self, info) -> None:
         self._last = None

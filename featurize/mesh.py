@@ -47,14 +47,24 @@ class Mesh(Extractor):
         self._n = 0
 
     def _new(self):
-        import mediapipe as mp
+        from .quiet import native_stderr_off
 
         if self._fm is not None:
             self._fm.close()
         c = self.config
-        return mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=c.static, max_num_faces=1, refine_landmarks=False,
-            min_detection_confidence=c.min_confidence, min_tracking_confidence=c.min_confidence)
+        with native_stderr_off():   # TFLite/absl banners on fd 2; a blank crop makes the graph print them now
+            import mediapipe as mp
+
+            fm = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=c.static, max_num_faces=1, refine_landmarks=False,
+                min_detection_confidence=c.min_confidence, min_tracking_confidence=c.min_confidence)
+            fm.process(np.zeros((64, 64, 3), np.uint8))
+        return fm
+
+    def close(self) -> None:
+        if self._fm is not None:
+            self._fm.close()
+            self._fm = None
 
     def start(self, info) -> None:
         if not self.config.static:

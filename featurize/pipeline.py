@@ -627,10 +627,12 @@ def _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, coll
             bar.update(1)
         bar.close()
     finally:
+        if cluster is not None:
+            _release_models(client)
         if owned:
             client.close()
         if cluster is not None:
-            cluster.close()
+            close_cluster(cluster)
 
 
 def _load_models(specs) -> int:
@@ -642,10 +644,54 @@ def _load_models(specs) -> int:
     return os.getpid()
 
 
+SHUTDOWN_GRACE_S = 30.0
+
+
+def close_cluster(cluster, grace: float = SHUTDOWN_GRACE_S) -> None:
+    """Close our LocalCluster's workers with a real grace period, then the cluster.
+
+    Why: `LocalCluster.close()` gives each worker process 4 s to exit, then kills it and
+    logs `distributed.nanny - WARNING - Worker process still alive after 4.0 seconds,
+    killing` — at the end of every local run here: a worker that has loaded torch, cv2,
+    librosa/numba and mediapipe took longer than that to tear its interpreter down on a
+    loaded 2-core machine (even an mfcc-only run). Nothing was wrong, so nothing should say so.
+    """
+    import asyncio
+
+    async def close_workers():
+        await asyncio.gather(*(w.close(timeout=grace) for w in list(cluster.workers.values())),
+                             return_exceptions=True)
+
+    try:
+        cluster.sync(close_workers)
+    except Exception:  # noqa: BLE001  (cluster.close below still ends everything)
+        pass
+    cluster.close()
+
+
+def _drop_models() -> int:
+    """Close this worker's models (mediapipe graphs hold native threads) so it exits at once."""
+    from featurize import registry
+
+    registry.release_cached()
+    return os.getpid()
+
+
+def _release_models(client) -> None:
+    """Before our own LocalCluster closes: a worker still holding mediapipe graphs outlived
+    the nanny's 4 s grace and was killed with a WARNING at the end of every local run."""
+    try:
+        client.run(_drop_models)
+    except Exception:  # noqa: BLE001  (shutdown goes on; the nanny kills what is left)
+        pass
+
+
 def _preload(client, todo) -> None:
     """Load the models on every worker before the first video, not inside its timing; a
     worker that joins later loads them on its first task (get_cached)."""
     specs = list({s.name: s for _row, need, _w in todo for s in need}.values())
+    n = len(client.scheduler_info().get("workers", {}))
+    print(f"loading models ({', '.join(s.name for s in specs)}) on {n} worker(s)", file=sys.stderr, flush=True)
     try:
         client.run(_load_models, specs)
     except Exception as e:  # noqa: BLE001  (the tasks load lazily and record their own errors)

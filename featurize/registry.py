@@ -251,6 +251,15 @@ def get_cached(name: str, config=None) -> Extractor:
     return inst
 
 
+def release_cached() -> None:
+    """Close and forget every cached extractor of this process (those with a `close`)."""
+    for inst in list(_CACHE.values()):
+        close = getattr(inst, "close", None)
+        if callable(close):
+            close()
+    _CACHE.clear()
+
+
 def library_versions(dists) -> dict[str, str]:
     out = {}
     for d in dists:

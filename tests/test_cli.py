@@ -160,3 +160,23 @@ def test_plan_names_every_missing_key_and_its_one_command_makes_them(corpus, tmp
     run(*argv)
     again = run("plan", "--exp", "eri-demo", "--store", store).stdout
     assert "3 present, 0 missing" in again and "ready: emocache train --exp eri-demo" in again
+
+
+NOISE = ("W0000", "INFO: Created TensorFlow Lite", "absl::InitializeLog", "still alive after", "Traceback")
+
+
+@pytest.mark.slow
+def test_features_is_quiet_by_default_and_v_shows_the_native_logs(tmp_path):
+    """A local run with the mediapipe extractors: no TFLite/absl banners per worker, no nanny
+    'still alive after 4.0 seconds, killing' at the end; `-v` brings the native logs back."""
+    corpus = tmp_path / "c"
+    run("demo-data", "--out", corpus, "--n", 1, "--seconds", 1)
+    p = run("features", "--input", corpus, "--store", tmp_path / "s", "--extractors", "faces,mesh,mfcc",
+            "--workers", 1, "--quiet")
+    assert not [n for n in NOISE if n in p.stderr], p.stderr
+    assert p.stderr.strip().splitlines() == ["loading models (faces, mesh, mfcc) on 1 worker(s)"], p.stderr
+    assert p.stdout.startswith("featurized 1 video(s) x 3 extractor(s)")
+
+    v = run("-v", "features", "--input", corpus, "--store", tmp_path / "s2", "--extractors", "faces",
+            "--workers", 1, "--quiet")
+    assert "TensorFlow Lite" in v.stderr or "W0000" in v.stderr, v.stderr
