@@ -1,7 +1,7 @@
 # emocache — every target installs what it needs itself.
 #   make demo                      synthetic corpus -> features -> train abaw2 (CPU, a few minutes)
 #   make test                      the test suite
-#   make features [INPUT= DATASET= STORE= SCHEDULER= WORKERS= EXTRACTORS= SHARD=]
+#   make features [INPUT= DATASET= STORE= SCHEDULER= WORKERS= EXTRACTORS= SHARD= PARAMS="faces.margin=0.3 backbone.source=frames"]
 #   make train EXP=abaw2|eri|avcpnet|demo|emodb [STORE= RUNS= SET="a.b=c ..."]
 #   make bench                     benchmarks, results in benchmarks/results/
 
@@ -29,6 +29,7 @@ RUNS ?= runs
 WORKERS ?=
 SCHEDULER ?=
 SHARD ?=
+PARAMS ?=
 SET ?=
 
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
@@ -72,7 +73,8 @@ demo: demo-features
 
 features: install models $(if $(filter $(INPUT),$(DEMO_DIR)/corpus),demo-data)
 	$(EMOCACHE) features --input $(INPUT) --dataset $(DATASET) --store $(STORE) --extractors $(EXTRACTORS) \
-		$(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(SHARD),--shard $(SHARD))
+		$(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(SHARD),--shard $(SHARD)) \
+		$(foreach p,$(PARAMS),--param '$(p)')
 
 # On the default (demo) store the published studies run as their demo variants.
 DEMO_STUDY_abaw2 := demo

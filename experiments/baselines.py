@@ -116,25 +116,48 @@ def standardize_groups(x: np.ndarray, groups: np.ndarray, mask: np.ndarray | Non
     return out
 
 
-def _feature_key(store_root, f) -> tuple[str, str]:
-    """(extractor, key) for a feature given as a name or {extractor, params, key}."""
-    from store.reader import key_dir
+def _feature_key(store_root, f, video_ids=()) -> tuple[str, str]:
+    """(extractor, key) for a feature given as a name or {extractor, params, upstream, key}.
+
+    The key is the one `featurize` writes for those params (featurize.registry.resolve_key,
+    through experiments.plan.need). A bare extractor name with default params may fall back
+    to the store's only key of that extractor (made with other library versions), with a
+    warning naming it; a feature whose params are named never does: other params are other
+    numbers."""
+    from store.reader import key_dir, list_keys
 
     from .config import FeatureSpec
-    from .data import compute_key
+    from .plan import features_commands, need
 
     spec = FeatureSpec(**f) if isinstance(f, dict) else FeatureSpec(extractor=str(f))
-    key = spec.key or compute_key(spec)
-    if not (key_dir(store_root, spec.extractor, key) / "extractor.json").is_file():
-        from store.reader import resolve_key
+    n = need("baseline", spec, store_root)
+    if n.present:
+        return spec.extractor, n.key
+    have = [k["key"] for k in list_keys(store_root) if k["extractor"] == spec.extractor]
+    if not spec.key and not spec.params and not spec.upstream and len(have) == 1:
+        import warnings
 
-        try:   # made with other library versions: the only key of that extractor will do
-            key = resolve_key(store_root, spec.extractor)
-        except InputError:
-            raise InputError(key_dir(store_root, spec.extractor, key), "missing_key",
-                             f"baseline needs {spec.extractor} features and the store has none",
-                             fix=f"emocache features ... --extractors {spec.extractor}") from None
-    return spec.extractor, key
+        warnings.warn(f"baseline: no {spec.extractor} key {n.key} in the store; using its only key "
+                      f"{have[0]} (made with other library versions or weights)", stacklevel=2)
+        return spec.extractor, have[0]
+    raise InputError(key_dir(store_root, spec.extractor, n.key), "missing_key",
+                     f"baseline needs {spec.extractor} features with params {spec.params or {}} (key {n.key}); "
+                     f"the store has {have or 'none'}" + (f": {n.problem}" if n.problem else ""),
+                     fix=" && ".join(features_commands(_dataset_of(store_root, video_ids), store_root, [n]))
+                     or n.problem)
+
+
+def _dataset_of(store_root, video_ids) -> str:
+    """The store's dataset manifest that lists these videos (for the fix of a missing key)."""
+    from pathlib import Path
+
+    from store.reader import read_jsonl
+
+    want = set(video_ids)
+    for m in sorted(Path(store_root, "datasets").glob("*/manifest.jsonl")):
+        if want and any(r.get("video_id") in want for r in read_jsonl(m)):
+            return m.parent.name
+    return "<dataset>"
 
 
 def store_pooled(store_root, video_ids, groups, features, per_group: bool) -> np.ndarray:
@@ -143,7 +166,7 @@ def store_pooled(store_root, video_ids, groups, features, per_group: bool) -> np
 
     parts = []
     for f in features:
-        extractor, key = _feature_key(store_root, f)
+        extractor, key = _feature_key(store_root, f, video_ids)
         cat = read_concat(store_root, extractor, key, video_ids, arrays=("data", "mask"))
         x = cat.arrays["data"].reshape(len(cat.arrays["data"]), -1).astype(np.float32)
         mask = cat.arrays["mask"].astype(bool)

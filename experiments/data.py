@@ -88,17 +88,6 @@ class Corpus:
 # ----------------------------------------------------------------------------- keys
 
 
-def features_command(store_root, dataset: str, extractor: str, params: dict) -> str:
-    """The command that makes a missing feature key, for InputError fixes."""
-    from pathlib import Path
-
-    manifest = Path(store_root) / "datasets" / dataset / "manifest.jsonl"
-    extra = "".join(f" --param {extractor}.{k}={v}" for k, v in sorted((params or {}).items()))
-    return (f"make features INPUT={manifest} DATASET={dataset} STORE={store_root} EXTRACTORS={extractor}"
-            f"  (or: emocache features --input {manifest} --name {dataset} --store {store_root}"
-            f" --extractors {extractor}{extra})")
-
-
 def resolve_features(cfg: StudyConfig, store_root) -> list[ResolvedFeature]:
     """Every (modality, feature spec) -> the store key it reads. Missing keys stop the run with
     all of them named at once and the one command that makes them (experiments.plan), not one
@@ -126,24 +115,10 @@ def resolve_features(cfg: StudyConfig, store_root) -> list[ResolvedFeature]:
         raise InputError(key_dir(store_root, first.extractor, first.key), "missing_key",
                          f"study {cfg.name!r} needs {len(missing)} feature key(s) the store lacks: "
                          + "; ".join(parts),
-                         fix=" && ".join(features_commands(cfg, store_root, missing))
+                         fix=" && ".join(features_commands(cfg.dataset, store_root, missing))
                          or f"see `emocache plan --exp {cfg.name} --store {store_root}`")
     return [ResolvedFeature(n.modality, spec, n.key)
             for n, spec in zip(rows, (s for specs in cfg.features.values() for s in specs))]
-
-
-def compute_key(spec: FeatureSpec) -> str:
-    """The key `featurize` writes for this extractor + params (crop extractors hash their faces key)."""
-    from featurize import registry
-
-    cls = registry.get(spec.extractor)
-    config = registry.parse_config(spec.extractor, spec.params)
-    upstream = None
-    if getattr(cls, "input", "frames") == "crops" or getattr(config, "on", None) == "crops" or spec.upstream:
-        ups = spec.upstream or {"faces": {}}
-        upstream = {name: registry.key_for(name, registry.parse_config(name, p or {}))[0]
-                    for name, p in ups.items()}
-    return registry.key_for(spec.extractor, config, upstream)[0]
 
 
 # ----------------------------------------------------------------------------- labels
@@ -243,6 +218,8 @@ def load_corpus(cfg: StudyConfig, store_root, device=None, video_ids=None,
     ``with_labels`` False: features only (prediction on a new video)."""
     from store.reader import read_concat
 
+    from .plan import features_commands, needs
+
     feats = feats if feats is not None else resolve_features(cfg, store_root)
     rows = rows if rows is not None else dataset_rows(store_root, cfg.dataset)
     if video_ids is not None:
@@ -255,7 +232,8 @@ def load_corpus(cfg: StudyConfig, store_root, device=None, video_ids=None,
     if not rows:
         raise InputError(f"{store_root}/datasets/{cfg.dataset}", "missing_video",
                          "no video has every feature the study needs",
-                         fix=features_command(store_root, cfg.dataset, feats[0].spec.extractor, {}))
+                         fix=" && ".join(features_commands(cfg.dataset, store_root, needs(cfg, store_root)))
+                         or f"see `emocache plan --exp {cfg.name} --store {store_root}`")
     vids = [r["video_id"] for r in rows]
     notes: list[str] = []
 

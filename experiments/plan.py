@@ -42,26 +42,34 @@ def studies() -> list[dict]:
     return out
 
 
-def needs(cfg: config.StudyConfig, store_root) -> list[Need]:
+def need(modality: str, spec, store_root) -> Need:
+    """One feature spec -> its key (featurize.registry.resolve_key, the key `featurize` writes),
+    whether the store has it, and the params that make it under their field names (aliases
+    such as backbone's `on` mapped; the faces params only for an extractor that reads crops)."""
+    from featurize import registry
     from store.errors import InputError
     from store.reader import key_counts, key_dir
 
-    from .data import compute_key
+    try:
+        params = registry.canonical_params(spec.extractor, spec.params)
+        kind = registry.get(spec.extractor).input_kind(registry.parse_config(spec.extractor, params))
+        upstream = ({u: registry.canonical_params(u, p) for u, p in (spec.upstream or {}).items()}
+                    if kind == "crops" else {})
+        key = spec.key or registry.resolve_key(spec.extractor, params, upstream)[0]
+    except InputError as e:
+        if spec.key:      # a pinned key of an extractor this code lacks or cannot parse
+            params, upstream, key = dict(spec.params or {}), dict(spec.upstream or {}), spec.key
+        else:
+            return Need(modality, spec.extractor, dict(spec.params or {}), dict(spec.upstream or {}),
+                        "?", False, 0, problem=f"{e.message} — fix: {e.fix}" if e.fix else e.message)
+    kdir = key_dir(store_root, spec.extractor, key)
+    present = (kdir / "extractor.json").is_file()
+    return Need(modality, spec.extractor, params, upstream, key, present,
+                key_counts(kdir)["n_done"] if present else 0)
 
-    out = []
-    for modality, specs in cfg.features.items():
-        for spec in specs:
-            try:
-                key = spec.key or compute_key(spec)
-            except InputError as e:
-                out.append(Need(modality, spec.extractor, dict(spec.params or {}), dict(spec.upstream or {}),
-                                "?", False, 0, problem=f"{e.message} — fix: {e.fix}" if e.fix else e.message))
-                continue
-            kdir = key_dir(store_root, spec.extractor, key)
-            present = (kdir / "extractor.json").is_file()
-            out.append(Need(modality, spec.extractor, dict(spec.params or {}), dict(spec.upstream or {}),
-                            key, present, key_counts(kdir)["n_done"] if present else 0))
-    return out
+
+def needs(cfg: config.StudyConfig, store_root) -> list[Need]:
+    return [need(modality, spec, store_root) for modality, specs in cfg.features.items() for spec in specs]
 
 
 def _value(v) -> str:
@@ -74,24 +82,24 @@ def _value(v) -> str:
     return str(v)
 
 
-def features_commands(cfg: config.StudyConfig, store_root, missing: list[Need]) -> list[str]:
+def features_commands(dataset: str, store_root, missing: list[Need]) -> list[str]:
     """`emocache features` command(s) that make `missing`: one, unless the study reads one
     extractor with two different parameter sets (one command per set then). Needs with a
     problem (no key computable) are left to their own fix."""
     if not [n for n in missing if not n.problem]:
         return []
     store = Path(store_root)
-    manifest = store / "datasets" / cfg.dataset / "manifest.jsonl"
+    manifest = store / "datasets" / dataset / "manifest.jsonl"
     if manifest.is_file():
-        source = ["--input", str(manifest), "--name", cfg.dataset]
+        source = ["--input", str(manifest), "--name", dataset]
     else:
         from featurize import datasets
 
         try:
-            datasets.get(cfg.dataset)
-            source = ["--input", "CORPUS_ROOT", "--dataset", cfg.dataset]
+            datasets.get(dataset)
+            source = ["--input", "CORPUS_ROOT", "--dataset", dataset]
         except ValueError:
-            source = ["--input", "CORPUS_ROOT", "--dataset", "ADAPTER", "--name", cfg.dataset]
+            source = ["--input", "CORPUS_ROOT", "--dataset", "ADAPTER", "--name", dataset]
     groups: list[dict] = []          # each: extractor -> params (incl. upstream extractors')
     for n in missing:
         if n.problem:
@@ -130,7 +138,7 @@ def plan_text(cfg: config.StudyConfig, store_root) -> tuple[str, int]:
             f"CANNOT KEY: {n.problem}" if n.problem else "MISSING"
         params = f"  params {n.params}" if n.params and not n.problem else ""
         lines.append(f"  {n.modality:<{w_mod}}  {n.extractor + '/' + n.key:<{w_key}}  {state}{params}")
-    cmds = features_commands(cfg, store_root, missing)
+    cmds = features_commands(cfg.dataset, store_root, missing)
     if cmds:
         lines.append("make the missing key(s) with:" if len(cmds) == 1 else
                      "make the missing keys with (one extractor, two parameter sets: one command each):")

@@ -87,12 +87,16 @@ def predict_video(video_path, run_dir, out_dir=None, store_root=None, device=Non
         import json
 
         trained = {f["extractor"]: f["key"] for f in json.loads((run_dir / "data.json").read_text())["features"]}
-    for name, key in summary.keys.items():
-        if name in trained and trained[name] != key:
-            warnings.warn(f"{name}: this machine makes key {key}, the run trained on {trained[name]} "
-                          "(other library versions or weights): predictions may drift", stacklevel=2)
-    pinned = {m: [dataclasses.replace(s, key=summary.keys[s.extractor]) for s in specs]
+    from featurize.registry import resolve_key
+
+    # the keys the features just written have (the one key function), not a pinned training key
+    pinned = {m: [dataclasses.replace(s, key=resolve_key(s.extractor, s.params, s.upstream)[0]) for s in specs]
               for m, specs in cfg.features.items()}
+    for s in (s for specs in pinned.values() for s in specs):
+        if s.extractor in trained and trained[s.extractor] != s.key:
+            warnings.warn(f"{s.extractor}: this machine makes key {s.key}, the run trained on "
+                          f"{trained[s.extractor]} (other library versions or weights): predictions may drift",
+                          stacklevel=2)
     pcfg = dataclasses.replace(cfg, dataset=dataset, features=pinned)
     corpus = data.load_corpus(pcfg, store, dev, rows=[row], progress=False, with_labels=False)
     normalise_like_run(corpus, cfg, run_dir)

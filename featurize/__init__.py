@@ -11,4 +11,4 @@ warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is 
                         category=UserWarning)
 
 from featurize import audio, backbone, faces, fer, mesh  # noqa: E402,F401  (register extractors)
-from featurize.registry import get, get_cached, key_for, names, parse_config  # noqa: E402,F401
+from featurize.registry import get, get_cached, names, parse_config, resolve_key  # noqa: E402,F401

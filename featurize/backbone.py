@@ -7,11 +7,14 @@ Two ways to name a model (`weights` is always a local path; nothing is downloade
   registered here with `@ARCHS.register(name)` (`tiny_cnn` ships for tests), or
   `arch="torchvision:<model>"` when torchvision is installed.
 
-Input: `on="crops"` (the faces crops; masked crops are not run, zeros there) or
-`on="frames"` (whole frames). Each batch goes to the device as uint8, is resized there to
-`size` x `size` (bilinear, antialiased; whole frames are not letterboxed), scaled to
-[0, 1] and normalised with `mean`/`std`. The model's output (the first one when it returns
-several) is flattened to data float16 [T, D]. `device="auto"` uses CUDA when available.
+Input: `source="crops"` (the faces crops; masked crops are not run, zeros there) or
+`source="frames"` (whole frames). The field was called `on`, which YAML 1.1 reads as the
+boolean true (`{on: frames}` arrived as {True: "frames"}): `on` stays accepted as an alias,
+from `--param backbone.on=frames` and from a study YAML (the registry maps the boolean back).
+Each batch goes to the device as uint8, is resized there to `size` x `size` (bilinear,
+antialiased; whole frames are not letterboxed), scaled to [0, 1] and normalised with
+`mean`/`std`. The model's output (the first one when it returns several) is flattened to
+data float16 [T, D]. `device="auto"` uses CUDA when available.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ def tiny_cnn(out_dim: int = 16):
 class BackboneConfig:
     weights: str = ""                 # local file: TorchScript, or a state dict with `arch`
     arch: str = ""                    # "" = TorchScript; a registered name; "torchvision:<name>"
-    on: str = "crops"                 # "crops" (faces crops) | "frames" (whole frames)
+    source: str = "crops"             # "crops" (faces crops) | "frames" (whole frames); alias `on`
     size: int = 112
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
@@ -50,8 +53,8 @@ class BackboneConfig:
     threads: int = 1                  # torch.set_num_threads on CPU
 
     def __post_init__(self):
-        if self.on not in ("crops", "frames"):
-            raise ValueError("on must be 'crops' or 'frames'")
+        if self.source not in ("crops", "frames"):
+            raise ValueError("source must be 'crops' or 'frames'")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("mean and std need 3 values (std > 0)")
         if self.batch < 1 or self.size < 8:
@@ -97,15 +100,16 @@ class Backbone(Extractor):
     name = "backbone"
     version = "1"
     Config = BackboneConfig
-    input = "crops"                   # the instance says "frames" when config.on == "frames"
+    input = "crops"                   # the instance says "frames" when config.source == "frames"
     libraries = ("torch",)
+    aliases = {"on": "source"}
 
     def __init__(self, config: BackboneConfig | None = None):
         import torch
 
         super().__init__(config)
         c = self.config
-        self.input = c.on
+        self.input = c.source
         self.path = self.weights_file(c)
         if c.device == "auto":
             dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -129,7 +133,7 @@ class Backbone(Extractor):
 
     @classmethod
     def input_kind(cls, config) -> str:
-        return config.on
+        return config.source
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """RGB uint8 [N,H,W,3] -> float32 [N, D]."""

@@ -182,8 +182,8 @@ def plan_extractors(extractors, overrides=None) -> list[Spec]:
     specs: dict[str, Spec] = {}
     order = sorted(names, key=lambda n: (n != "faces", kinds[n] == "crops"))
     for n in order:
-        upstream = {"faces": specs["faces"].key} if kinds[n] == "crops" else None
-        key, prov = registry.key_for(n, configs[n], upstream=upstream)
+        upstream = {"faces": configs["faces"]} if kinds[n] == "crops" else None
+        key, prov = registry.resolve_key(n, configs[n], upstream_params=upstream)
         specs[n] = Spec(n, configs[n], kinds[n], key, prov)
     return [specs[n] for n in names]
 

@@ -8,6 +8,12 @@ The key of an extractor run (store/keys.make_key) hashes the params, the weights
 and the versions of the distributions named in `libraries`; crop extractors (input
 "crops") also hash the key of the `faces` run that made their crops (`upstream`), so new
 crops mean new downstream keys.
+
+`resolve_key` is the one function that turns (name, params, upstream params) into that key:
+the pipeline (what it writes), the trainer, the baselines, predict, `emocache plan` and the
+missing-key fix (what they read) all call it, so a written key and a looked-up key cannot
+drift apart (they did once: the pipeline and the trainer each had a version and disagreed on
+backbone frames).
 """
 from __future__ import annotations
 
@@ -21,8 +27,11 @@ import numpy as np
 
 from store.errors import InputError
 
-__all__ = ["Registry", "Extractor", "EXTRACTORS", "register", "get", "names", "parse_config", "get_cached",
-           "key_for", "library_versions"]
+__all__ = ["Registry", "Extractor", "EXTRACTORS", "register", "get", "names", "parse_config",
+           "canonical_params", "get_cached", "resolve_key", "library_versions", "UPSTREAM"]
+
+# What a crop extractor's crops come from: the only upstream extractor there is.
+UPSTREAM = "faces"
 
 
 class Registry:
@@ -112,6 +121,8 @@ class Extractor:
     Config: ClassVar[type] = None  # a frozen dataclass
     input: str = "frames"          # "frames" | "crops" | "audio" (an instance may override)
     libraries: ClassVar[tuple[str, ...]] = ()
+    # old or alternative parameter names -> field names (e.g. backbone's `on` -> `source`)
+    aliases: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()
@@ -217,12 +228,43 @@ def _coerce(value, typ, field: str, name: str):
     return value
 
 
+# YAML 1.1 (PyYAML) reads these bare keys as booleans: `{on: frames}` arrives as {True: "frames"}
+_YAML_BOOL_KEYS = {True: ("on", "yes", "true", "y"), False: ("off", "no", "false", "n")}
+
+
+def canonical_params(name: str, params: dict | None) -> dict:
+    """`params` with field names only: aliases mapped (`on` -> `source` for backbone) and a
+    YAML-boolean key (`on:` read as True) mapped back to the alias it was written as."""
+    cls = get(name)
+    out: dict = {}
+    for k, v in dict(params or {}).items():
+        if isinstance(k, bool):
+            spelled = [a for a in _YAML_BOOL_KEYS[k] if a in cls.aliases]
+            if not spelled:
+                raise InputError(name, "extractor_error",
+                                 f"parameter name {k!r} for extractor {name!r} is a YAML boolean",
+                                 "YAML reads bare on/off/yes/no keys as true/false: quote the key "
+                                 f"('on': ...) or use a field name: {', '.join(_field_names(cls))}")
+            k = spelled[0]
+        k = str(k)
+        field = cls.aliases.get(k, k)
+        if field in out:
+            raise InputError(name, "extractor_error", f"parameter {field!r} of {name!r} given twice "
+                             f"(as {k!r} and under another name)", f"give only {field}")
+        out[field] = v
+    return out
+
+
+def _field_names(cls) -> list[str]:
+    return sorted(f.name for f in dataclasses.fields(cls.Config))
+
+
 def parse_config(name: str, overrides: dict | None = None):
     """The extractor's Config with `overrides` applied (strings are coerced to the field types)."""
     cls = get(name)
-    overrides = dict(overrides or {})
+    overrides = canonical_params(name, overrides)
     hints = typing.get_type_hints(cls.Config)
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    fields = set(_field_names(cls))
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise InputError(name, "extractor_error", f"unknown parameter(s) {unknown} for extractor {name!r}",
@@ -278,27 +320,31 @@ def _jsonable(v):
     return v
 
 
-def key_for(name: str, config=None, upstream: dict[str, str] | None = None,
-            weights_sha256: str | None = ...) -> tuple[str, dict]:
-    """(key, provenance) of running extractor `name` with `config`.
+def resolve_key(name: str, params=None, upstream_params: dict | None = None,
+                weights_sha256: str | None = ...) -> tuple[str, dict]:
+    """(key, provenance) of running extractor `name` with `params`: THE key function.
 
-    `upstream` maps upstream extractor names to their keys (crop extractors: {"faces": key});
-    it is hashed with the params (as params["upstream"]), so the provenance recomputes the
-    key with store.keys.key_from_provenance. `weights_sha256` defaults to the sha256 of the
+    `params` is a dict of overrides (strings are coerced, aliases accepted) or a Config.
+    `upstream_params` maps upstream extractor names to their params ({"faces": {"margin": 0.3}},
+    a dict or a Config): an extractor whose input is "crops" hashes the key of the `faces` run
+    with those params (default params when not given) as params["upstream"], so new crops
+    mean new downstream keys and the provenance recomputes the key with
+    store.keys.key_from_provenance. Extractors that do not read crops have no upstream: their
+    key does not depend on `upstream_params`. `weights_sha256` defaults to the sha256 of the
     extractor's `weights_file(config)`; no model is loaded.
     """
     from store.keys import make_key
 
     cls = get(name)
-    if config is None:
-        config = cls.Config()
-    if not isinstance(config, cls.Config):
-        raise TypeError(f"config for {name!r} must be a {cls.Config.__name__}")
-    params = _jsonable(dataclasses.asdict(config))
-    if upstream:
-        params["upstream"] = dict(sorted(upstream.items()))
-    elif cls.input_kind(config) == "crops":
-        raise ValueError(f"{name!r} runs on face crops: pass upstream={{'faces': <faces key>}}")
+    config = params if isinstance(params, cls.Config) else parse_config(name, params)
+    params_json = _jsonable(dataclasses.asdict(config))
+    ups = dict(upstream_params or {})
+    unknown = sorted(set(ups) - {UPSTREAM})
+    if unknown:
+        raise InputError(name, "extractor_error", f"unknown upstream extractor(s) {unknown} for {name!r}",
+                         f"the only upstream is {UPSTREAM!r} (the crops of crop extractors)")
+    if cls.input_kind(config) == "crops":
+        params_json["upstream"] = {UPSTREAM: resolve_key(UPSTREAM, ups.get(UPSTREAM))[0]}
     if weights_sha256 is ...:
         path = cls.weights_file(config)
         if path is None:
@@ -308,7 +354,7 @@ def key_for(name: str, config=None, upstream: dict[str, str] | None = None,
 
             weights_sha256 = sha256_of(path)
     libs = library_versions(cls.libraries)
-    key = make_key(cls.version, params, weights_sha256, libs)
-    provenance = {"extractor": name, "version": cls.version, "key": key, "params": params,
+    key = make_key(cls.version, params_json, weights_sha256, libs)
+    provenance = {"extractor": name, "version": cls.version, "key": key, "params": params_json,
                   "weights_sha256": weights_sha256, "libraries": libs}
     return key, provenance

@@ -29,27 +29,34 @@ def test_configs_are_frozen_dataclasses():
 
 
 def test_key_changes_with_params_and_only_then():
-    k1, prov = registry.key_for("logmel")
-    assert registry.key_for("logmel", registry.parse_config("logmel", {}))[0] == k1
-    assert registry.key_for("logmel", registry.parse_config("logmel", {"n_mels": "80"}))[0] != k1
+    k1, prov = registry.resolve_key("logmel")
+    assert registry.resolve_key("logmel", registry.parse_config("logmel", {}))[0] == k1
+    assert registry.resolve_key("logmel", {})[0] == k1
+    assert registry.resolve_key("logmel", {"n_mels": "80"})[0] != k1
+    assert registry.resolve_key("logmel", {"n_mels": "80"})[0] == registry.resolve_key("logmel", {"n_mels": 80})[0]
     assert key_from_provenance(prov) == k1 and prov["libraries"]["librosa"]
-    f1 = registry.key_for("faces")[0]
-    f2 = registry.key_for("faces", registry.parse_config("faces", {"margin": 0.3}))[0]
+    # a frames/audio extractor has no upstream: faces params do not move its key
+    assert registry.resolve_key("logmel", {}, {"faces": {"margin": 0.3}})[0] == k1
+    f1 = registry.resolve_key("faces")[0]
+    f2 = registry.resolve_key("faces", {"margin": 0.3})[0]
     assert f1 != f2 and f1.startswith(registry.get("faces").version + "-")
 
 
 def test_crop_extractor_keys_include_the_faces_key(fer_weights):
-    f1 = registry.key_for("faces")[0]
-    f2 = registry.key_for("faces", registry.parse_config("faces", {"margin": 0.3}))[0]
+    f1 = registry.resolve_key("faces")[0]
+    f2 = registry.resolve_key("faces", {"margin": 0.3})[0]
     for name in ("mesh", "fer"):
-        with pytest.raises(ValueError):
-            registry.key_for(name)
-        a, prov = registry.key_for(name, upstream={"faces": f1})
-        assert registry.key_for(name, upstream={"faces": f1})[0] == a
-        assert registry.key_for(name, upstream={"faces": f2})[0] != a
+        a, prov = registry.resolve_key(name)           # default faces params upstream
+        assert registry.resolve_key(name, {}, {"faces": {}})[0] == a
+        assert registry.resolve_key(name, {}, {"faces": registry.parse_config("faces")})[0] == a
+        b, prov_b = registry.resolve_key(name, {}, {"faces": {"margin": "0.3"}})
+        assert b != a and prov_b["params"]["upstream"] == {"faces": f2}
         assert prov["params"]["upstream"] == {"faces": f1} and key_from_provenance(prov) == a
-    _, prov = registry.key_for("fer", upstream={"faces": f1})
+    _, prov = registry.resolve_key("fer")
     assert prov["weights_sha256"].startswith("59534287")
+    with pytest.raises(InputError) as e:
+        registry.resolve_key("fer", {}, {"mesh": {}})
+    assert "upstream" in str(e.value)
 
 
 def test_parse_config_coerces_and_refuses():
@@ -99,8 +106,9 @@ def test_backbone_torchscript_on_crops(tmp_path):
     # same numbers whatever the batching
     again = ext.embed(crops[[0, 2, 3]])
     assert np.allclose(again.astype(np.float16), out["data"][mask], atol=1e-2)
-    key, prov = registry.key_for("backbone", cfg, upstream={"faces": "1-abcdef12"})
+    key, prov = registry.resolve_key("backbone", cfg)
     assert prov["weights_sha256"] and key_from_provenance(prov) == key
+    assert prov["params"]["upstream"] == {"faces": registry.resolve_key("faces")[0]}
 
 
 def test_backbone_state_dict_on_frames(tmp_path):
@@ -109,16 +117,44 @@ def test_backbone_state_dict_on_frames(tmp_path):
     torch.manual_seed(1)
     path = tmp_path / "tiny_sd.pt"
     torch.save(tiny_cnn().state_dict(), str(path))
-    cfg = BackboneConfig(weights=str(path), arch="tiny_cnn", on="frames", size=32, device="cpu")
+    cfg = BackboneConfig(weights=str(path), arch="tiny_cnn", source="frames", size=32, device="cpu")
     ext = registry.get_cached("backbone", cfg)
     assert ext.input == "frames"
     frames = _crops(3, size=64)
     out = ext.process(frames, {"t": np.arange(3) / 25})
     assert out["data"].shape == (3, 16) and out["mask"].all()
-    k_frames = registry.key_for("backbone", cfg)[0]  # whole frames need no upstream
+    k_frames, prov = registry.resolve_key("backbone", cfg)  # whole frames need no upstream
+    assert "upstream" not in prov["params"]
+    assert registry.resolve_key("backbone", cfg, {"faces": {"margin": 0.3}})[0] == k_frames
     torch.save(tiny_cnn().state_dict(), str(tmp_path / "other.pt"))
     other = dataclasses.replace(cfg, weights=str(tmp_path / "other.pt"))
-    assert registry.key_for("backbone", other)[0] != k_frames  # new weights, new key
+    assert registry.resolve_key("backbone", other)[0] != k_frames  # new weights, new key
+
+
+def test_backbone_source_survives_yaml_and_the_old_name(tmp_path):
+    """`on` was the field's name; YAML 1.1 reads a bare `on:` key as True. All spellings
+    give the same config and key; a boolean key an extractor has no alias for is refused."""
+    import torch
+    import yaml
+
+    path = tmp_path / "tiny_sd.pt"
+    torch.save(tiny_cnn().state_dict(), str(path))
+    base = {"weights": str(path), "arch": "tiny_cnn"}
+    loaded = yaml.safe_load("{extractor: backbone, params: {on: frames}}")["params"]
+    assert loaded == {True: "frames"}                   # what PyYAML hands over
+    want = registry.parse_config("backbone", {**base, "source": "frames"})
+    assert want.source == "frames"
+    quoted = yaml.safe_load("{'on': frames}")           # a quoted key stays a string
+    for spelled in ({**base, **loaded}, {**base, "on": "frames"}, {**base, **quoted}):
+        assert registry.parse_config("backbone", spelled) == want
+    assert registry.resolve_key("backbone", {**base, **loaded})[0] == registry.resolve_key("backbone", want)[0]
+    assert registry.canonical_params("backbone", {**base, True: "frames"})["source"] == "frames"
+    with pytest.raises(InputError) as e:
+        registry.parse_config("backbone", {**base, "on": "frames", "source": "crops"})
+    assert "twice" in str(e.value)
+    with pytest.raises(InputError) as e:
+        registry.parse_config("faces", yaml.safe_load("{yes: 1}"))
+    assert "YAML" in e.value.fix and "quote" in e.value.fix
 
 
 def test_backbone_bad_files(tmp_path):
