@@ -154,4 +154,4 @@ def test_a_study_yaml_with_on_frames_resolves_and_a_bad_bool_key_is_clear(corpus
         f"weights: {weights}, arch: tiny_cnn, on: frames", "off: 1"))
     with pytest.raises(InputError) as e:
         D.resolve_features(C.load(tmp_path / "b.yaml"), tmp_path / "store")
-    assert e.value.reason == "extractor_error" and "YAML" in e.value.fix
+    assert "YAML boolean" in str(e.value) and "quote the key" in str(e.value)   # named, with the fix
