@@ -4,7 +4,8 @@ Two ways to name a model (`weights` is always a local path; nothing is downloade
 - TorchScript (`arch=""`, the default): a `torch.jit.script`/`trace` file saved with
   `torch.jit.save`, loaded with `torch.jit.load`. The way to bring ResNet/IR-50 features.
 - a state dict (`arch="<name>"`): `torch.load(weights_only=True)` into an architecture
-  registered here with `@ARCHS.register(name)` (`tiny_cnn` ships for tests), or
+  registered here with `@ARCHS.register(name)` (`tiny_cnn` for tests, `ir50` = an
+  IR-50 in the insightface IResNet-50 key layout, for the ABAW2 reference's face CNN), or
   `arch="torchvision:<model>"` when torchvision is installed.
 
 Input: `source="crops"` (the faces crops; masked crops are not run, zeros there) or
@@ -38,6 +39,69 @@ def tiny_cnn(out_dim: int = 16):
     return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
                          nn.Conv2d(8, out_dim, 3, stride=2, padding=1), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def _iresnet(layers, state_dict=None, dropout: float = 0.0):
+    """An insightface-style IResNet (arcface_torch `iresnet` key layout: conv1/bn1/prelu,
+    layer1-4 of IBasicBlocks bn1-conv1-bn2-prelu-conv2(stride)-bn3 + downsample.{0,1},
+    bn2, fc, features): a face crop -> a 512-d embedding. The fc input fixes the crop size
+    (112 px -> 7x7, 48 px -> 3x3 after four stride-2 stages); with `state_dict` it is read
+    from fc.weight, so a checkpoint trained on 48x48 crops (ABAW2's reference) loads as is."""
+    import math
+
+    from torch import nn
+
+    class IBasicBlock(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.bn1 = nn.BatchNorm2d(cin, eps=1e-5)
+            self.conv1 = nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout, eps=1e-5)
+            self.prelu = nn.PReLU(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, stride, 1, bias=False)
+            self.bn3 = nn.BatchNorm2d(cout, eps=1e-5)
+            self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                               if stride != 1 or cin != cout else None)
+
+        def forward(self, x):
+            y = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
+            return y + (x if self.downsample is None else self.downsample(x))
+
+    class IResNet(nn.Module):
+        def __init__(self, grid: int):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(64, eps=1e-5)
+            self.prelu = nn.PReLU(64)
+            cin = 64
+            for i, (n, cout) in enumerate(zip(layers, (64, 128, 256, 512))):
+                blocks = [IBasicBlock(cin, cout, 2)] + [IBasicBlock(cout, cout, 1) for _ in range(n - 1)]
+                setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+                cin = cout
+            self.bn2 = nn.BatchNorm2d(512, eps=1e-5)
+            self.dropout = nn.Dropout(dropout)
+            self.fc = nn.Linear(512 * grid * grid, 512)
+            self.features = nn.BatchNorm1d(512, eps=1e-5)
+
+        def forward(self, x):
+            x = self.prelu(self.bn1(self.conv1(x)))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.features(self.fc(self.dropout(self.bn2(x).flatten(1))))
+
+    grid = 7
+    if state_dict is not None and "fc.weight" in state_dict:
+        grid = math.isqrt(state_dict["fc.weight"].shape[1] // 512)
+    return IResNet(grid)
+
+
+@ARCHS.register("ir50")
+def ir50(state_dict=None):
+    """IR-50 (IResNet-50, blocks 3-4-14-3), 512-d, for the ABAW2 reference's `spatial` face
+    CNN: heads.compat.load_reference("abaw2", sd, spatial_out=path) writes its weights file
+    from a full reference checkpoint (a checkpoint whose spatial keys follow another layout
+    fails to load here with the key names, not silently). Give the crop size it was trained on
+    (backbone.size=48 for ABAW2's 48x48 crops; fc then takes 3x3)."""
+    return _iresnet((3, 4, 14, 3), state_dict)
 
 
 @dataclass(frozen=True)
@@ -79,7 +143,7 @@ def _load(c: BackboneConfig, path: Path, device):
                              "pip install torchvision, or save the model as TorchScript") from None
         model = torchvision.models.get_model(c.arch.split(":", 1)[1], weights=None)
     elif c.arch in ARCHS:
-        model = ARCHS.get(c.arch)()
+        model = None
     else:
         raise InputError(path, "extractor_error", f"unknown backbone arch {c.arch!r}",
                          f"use one of {ARCHS.names()} or torchvision:<name>, or TorchScript (arch='')")
@@ -87,6 +151,11 @@ def _load(c: BackboneConfig, path: Path, device):
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
         if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
             sd = sd["state_dict"]
+        if model is None:   # an arch whose shapes follow the file (ir50's fc) takes the state dict
+            import inspect
+
+            build = ARCHS.get(c.arch)
+            model = build(state_dict=sd) if "state_dict" in inspect.signature(build).parameters else build()
         model.load_state_dict(sd)
     except Exception as e:  # noqa: BLE001
         raise InputError(path, "extractor_error",

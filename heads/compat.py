@@ -8,12 +8,23 @@ abaw2: the reference forward is ``model(frames, audio1_128d, mfcc_39d)``. Ours i
 ``model(visual, [audio1_128d, mfcc_39d])``: ``audio[j-1]`` is the reference's
 ``temporal{j}`` branch (any number of ``temporal{j}`` branches is accepted).
 
+A full checkpoint of the published abaw2 module holds two more groups: ``gn1.*``/``gn2.*``
+(GroupNorm(8, 32) layers its ``init()`` creates and its forward never uses: dropped, with a
+logged note) and ``spatial.*`` (the frozen IR-50 that turns 48x48 crops into the 512-d frame
+embedding: with ``spatial_out=path`` written there, without the ``spatial.`` prefix, as a
+weights file for the ``backbone`` extractor (``arch=ir50``, ``size=48``); else dropped with a
+note). Our head reads the cached embeddings, so neither group is part of it.
+
 eri: ``model(video, audio)`` as in the reference; heads default to 4 (the qkv weight fixes
-only heads * dim_head), override with ``heads=``.
+only heads * dim_head), override with ``heads=``. The published ERI module's state dict holds
+only the names in specs/eri.md (its dropout layers have no weights, the ResNet-18 and
+OpenFace features were computed beforehand): everything converts, an unknown key is an error.
 """
 from __future__ import annotations
 
+import logging
 import re
+from pathlib import Path
 from typing import Mapping
 
 import torch
@@ -22,9 +33,31 @@ import torch.nn as nn
 from .eri import ERIModel
 from .lfan import LeaderFollower
 
-__all__ = ["load_reference", "convert_state_dict", "REFERENCES"]
+__all__ = ["load_reference", "convert_state_dict", "split_reference", "REFERENCES"]
 
 REFERENCES = ("abaw2", "eri")
+log = logging.getLogger(__name__)
+
+# parts of a published checkpoint that are not our head: name -> (prefix, what it is)
+_NOT_HEAD = {"abaw2": {"gn1": "unused GroupNorm (created in init(), never in forward)",
+                       "gn2": "unused GroupNorm (created in init(), never in forward)",
+                       "spatial": "the frozen IR-50 face backbone (48x48 crops -> 512-d)"}}
+
+
+def split_reference(name: str, state_dict: Mapping[str, torch.Tensor]
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+    """(the head's keys, {part: its keys without the part prefix}) of a published checkpoint:
+    for abaw2 the parts are gn1, gn2 and spatial; eri has none."""
+    sd = _strip_prefix(state_dict)
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    head = {}
+    for k, v in sd.items():
+        part = k.split(".", 1)[0]
+        if part in _NOT_HEAD.get(name, {}) and "." in k:
+            parts.setdefault(part, {})[k.split(".", 1)[1]] = v
+        else:
+            head[k] = v
+    return head, parts
 
 
 def _strip_prefix(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -152,7 +185,7 @@ def _convert_eri(sd, heads: int = 4) -> tuple[dict, dict]:
 
 def convert_state_dict(name: str, state_dict: Mapping[str, torch.Tensor], **kwargs) -> tuple[dict, dict]:
     """``(constructor kwargs, renamed state dict)`` for a reference checkpoint ``name``."""
-    sd = _strip_prefix(state_dict)
+    sd, _ = split_reference(name, state_dict)
     if name == "abaw2":
         return _convert_abaw2(sd)
     if name == "eri":
@@ -160,17 +193,32 @@ def convert_state_dict(name: str, state_dict: Mapping[str, torch.Tensor], **kwar
     raise ValueError(f"unknown reference {name!r}; known: {REFERENCES}")
 
 
-def load_reference(name: str, state_dict: Mapping[str, torch.Tensor], **kwargs) -> nn.Module:
+def load_reference(name: str, state_dict: Mapping[str, torch.Tensor], spatial_out=None, **kwargs) -> nn.Module:
     """Build our head with the reference's shapes and load its weights (strict).
 
     ``name``: "abaw2" -> :class:`~heads.lfan.LeaderFollower` (compat="reference");
-    "eri" -> :class:`~heads.eri.ERIModel`. Extra ``kwargs`` go to the constructor (e.g.
+    "eri" -> :class:`~heads.eri.ERIModel`. A full abaw2 checkpoint's ``gn1``/``gn2`` are
+    dropped with a logged note; its ``spatial.*`` backbone is written to ``spatial_out``
+    (torch.save of a plain state dict, for ``backbone.arch=ir50 backbone.weights=<path>``)
+    when given, else dropped with a note. Extra ``kwargs`` go to the constructor (e.g.
     dropout) except ``heads`` for eri, which sets the head split. The module is returned in
     training mode, like any new module: call ``.eval()`` before inference.
     """
     conv_kwargs = {}
     if name == "eri" and "heads" in kwargs:
         conv_kwargs["heads"] = kwargs.pop("heads")
+    _, parts = split_reference(name, state_dict) if name in REFERENCES else ({}, {})
+    for part, keys in parts.items():
+        what = _NOT_HEAD[name][part]
+        if part == "spatial" and spatial_out is not None:
+            Path(spatial_out).parent.mkdir(parents=True, exist_ok=True)
+            torch.save(keys, str(spatial_out))
+            log.info("%s checkpoint: %d %s.* tensors (%s) written to %s: load them with the backbone "
+                     "extractor (backbone.arch=ir50 backbone.size=48 backbone.weights=%s)",
+                     name, len(keys), part, what, spatial_out, spatial_out)
+        else:
+            log.info("%s checkpoint: %d %s.* tensors ignored: %s%s", name, len(keys), part, what,
+                     " (pass spatial_out=PATH to keep them as a backbone weights file)" if part == "spatial" else "")
     config, sd = convert_state_dict(name, state_dict, **conv_kwargs)
     config.update(kwargs)
     model = LeaderFollower(**config) if name == "abaw2" else ERIModel(**config)

@@ -250,3 +250,125 @@ def test_eri_wrong_head_split_changes_outputs():
     assert (good - bad).abs().max() > 1e-5
     with pytest.raises(ValueError):
         load_reference("eri", ref.state_dict(), heads=3)
+
+
+# ------------------------------------------------------------------ a full abaw2 checkpoint
+
+
+class RefIRBlock(nn.Module):
+    """IR block as insightface publishes it: BN, 3x3, BN, PReLU, 3x3 (stride), BN, + shortcut."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.bn1, self.bn2, self.bn3 = nn.BatchNorm2d(cin), nn.BatchNorm2d(cout), nn.BatchNorm2d(cout)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(cout, cout, 3, stride=stride, padding=1, bias=False)
+        self.prelu = nn.PReLU(cout)
+        self.downsample = None
+        if stride > 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.bn1(x)
+        out = self.prelu(self.bn2(self.conv1(out)))
+        out = self.bn3(self.conv2(out))
+        return out + (self.downsample(x) if self.downsample is not None else x)
+
+
+class RefIR50(nn.Module):
+    """The reference's `spatial` face CNN on 48x48 crops (3x3 grid before fc), 512-d."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1, self.prelu = nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), \
+            nn.PReLU(64)
+        widths, depth, cin = (64, 128, 256, 512), (3, 4, 14, 3), 64
+        for n, (w, d) in enumerate(zip(widths, depth), start=1):
+            self.add_module(f"layer{n}", nn.Sequential(*[RefIRBlock(cin if j == 0 else w, w, 2 if j == 0 else 1)
+                                                        for j in range(d)]))
+            cin = w
+        self.bn2, self.dropout = nn.BatchNorm2d(512), nn.Dropout(0.0)
+        self.fc, self.features = nn.Linear(512 * 3 * 3, 512), nn.BatchNorm1d(512)
+
+    def forward(self, x):
+        x = self.prelu(self.bn1(self.conv1(x)))
+        for n in range(1, 5):
+            x = getattr(self, f"layer{n}")(x)
+        return self.features(self.fc(torch.flatten(self.bn2(x), 1)))
+
+
+class RefFullABAW2(RefLFAN):
+    """What the published module's state_dict() holds: the head, gn1/gn2 and spatial."""
+
+    def __init__(self):
+        super().__init__()
+        self.gn1, self.gn2 = nn.GroupNorm(8, 32), nn.GroupNorm(8, 32)
+        self.spatial = RefIR50()
+
+
+def test_abaw2_full_checkpoint_gn_ignored_spatial_becomes_backbone_weights(tmp_path, caplog):
+    """gn1/gn2 are dropped with a note, spatial.* becomes an ir50 weights file that the
+    backbone extractor loads: head outputs and frame embeddings equal the reference's."""
+    import logging
+
+    import numpy as np
+
+    from featurize import registry
+
+    ref = RefFullABAW2().eval()
+    _randomize(ref, 0.05)
+    with torch.no_grad():                # BN running stats away from 0/1, so eval BN is exercised
+        for m in ref.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    sd = ref.state_dict()
+    assert {k.split(".")[0] for k in sd} >= {"gn1", "gn2", "spatial", "temporal", "regressor"}
+    with pytest.raises(KeyError):        # the head converter alone still refuses strangers
+        load_reference("abaw2", dict(sd, **{"mystery.weight": torch.zeros(1)}))
+    out = tmp_path / "ir50.pt"
+    with caplog.at_level(logging.INFO, logger="heads.compat"):
+        model = load_reference("abaw2", sd, spatial_out=out).eval()
+    notes = caplog.text
+    assert "gn1.* tensors ignored" in notes and "gn2.* tensors ignored" in notes and str(out) in notes
+    torch.manual_seed(2)
+    frames, a128, mfcc = torch.randn(2, 30, 12), torch.randn(2, 30, 9), torch.randn(2, 30, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(frames, [a128, mfcc]), ref(frames, a128, mfcc), atol=1e-5, rtol=1e-5)
+
+    # the backbone extractor on the written file = the reference's spatial on the same crops
+    cfg = registry.parse_config("backbone", {"weights": str(out), "arch": "ir50", "size": 48,
+                                             "mean": "0.5,0.5,0.5", "std": "0.5,0.5,0.5", "device": "cpu"})
+    ext = registry.get("backbone")(cfg)
+    crops = np.random.default_rng(0).integers(0, 255, (3, 48, 48, 3), dtype=np.uint8)
+    got = ext.embed(crops)
+    x = (torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        want = ref.spatial(x).numpy()
+    assert got.shape == (3, 512)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+    # without spatial_out the backbone is dropped with a note, the head is the same
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="heads.compat"):
+        again = load_reference("abaw2", {"module." + k: v for k, v in sd.items()}).eval()
+    assert "spatial.* tensors ignored" in caplog.text and "spatial_out" in caplog.text
+    with torch.no_grad():
+        torch.testing.assert_close(again(frames, [a128, mfcc]), ref(frames, a128, mfcc), atol=1e-5, rtol=1e-5)
+
+
+def test_eri_full_checkpoint_is_the_head_only():
+    """The published ERI module holds nothing but the head's names (specs/eri.md): a
+    DataParallel-prefixed full state dict converts whole, and no key is set aside."""
+    from heads.compat import split_reference
+
+    ref = RefERI().eval()
+    _randomize(ref, 0.2)
+    sd = {"module." + k: v for k, v in ref.state_dict().items()}
+    head, parts = split_reference("eri", sd)
+    assert parts == {} and len(head) == len(sd)
+    v, a = torch.randn(1, 6, 11), torch.randn(1, 9, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(load_reference("eri", sd, heads=2).eval()(v, a), ref(v, a),
+                                   atol=1e-5, rtol=1e-5)
