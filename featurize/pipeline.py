@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from store.errors import NOT_APPLICABLE, InputError
+from store.inventory import LOW_FACE_RATE
 from store.keys import is_safe_name, sanitize_id
 
 __all__ = ["Summary", "run_features", "write_manifest", "prepare_rows", "featurize_video"]
@@ -48,6 +49,7 @@ class Summary:
     frames: int = 0                  # video frames decoded in this run
     seconds: float = 0.0
     keys: dict = field(default_factory=dict)         # extractor -> key
+    face_rates: dict = field(default_factory=dict)   # video_id -> share of frames with a face (this run)
     keep: int = 5
 
     @property
@@ -62,6 +64,8 @@ class Summary:
         status = result["status"]
         if status == "done":
             self.done += 1
+            if result.get("face_rate") is not None:
+                self.face_rates[result["video_id"]] = result["face_rate"]
         elif status == "skipped":
             self.skipped += 1
         elif status == "not_applicable":
@@ -82,6 +86,18 @@ class Summary:
                     if self.failed else "")]
         for name, key in sorted(self.keys.items()):
             lines.append(f"  key {name}/{key}")
+        if self.face_rates:
+            rates = sorted(self.face_rates.values())
+            low = sorted((r, v) for v, r in self.face_rates.items() if r < LOW_FACE_RATE)
+            lines.append(f"  faces: a face in {100 * rates[len(rates) // 2]:.0f}% of frames (median of "
+                         f"{len(rates)} video(s), lowest {100 * rates[0]:.0f}%); {len(low)} under "
+                         f"{100 * LOW_FACE_RATE:.0f}%")
+            for r, v in low[:self.keep]:
+                lines.append(f"  warning: {v}: a face in only {100 * r:.0f}% of frames (face-less frames are "
+                             "masked out of training; check the video or faces.min_confidence)")
+            if len(low) > self.keep:
+                lines.append(f"  ... {len(low) - self.keep} more under {100 * LOW_FACE_RATE:.0f}% "
+                             "(emocache ls lists every one)")
         for f in self.failures:
             lines.append(f"  FAILED {f['video_id']} [{f['extractor']}] {f['reason']}: {f['message']}")
         if self.failed_total > len(self.failures):
@@ -269,14 +285,27 @@ class _Out:
             self.handle.record_error(vid, reason, message, self.row.get("original_id"))
             status = "not_applicable" if reason in NOT_APPLICABLE else "failed"
             return {**base, "status": status, "reason": reason, "message": message}
+        extra = dict(self.extra)
+        rate = face_rate(attrs)
+        if rate is not None:
+            extra["face_rate"] = rate       # `emocache ls` reads it from the manifest line
         try:
             self.writer.attrs.update(attrs)
-            line = self.writer.commit(self.extra)
+            line = self.writer.commit(extra)
         except Exception as e:  # noqa: BLE001  (a store problem for this video only)
             self.writer.abort()
             self.handle.record_error(vid, "extractor_error", f"commit failed: {e}", self.row.get("original_id"))
             return {**base, "status": "failed", "reason": "extractor_error", "message": f"commit failed: {e}"}
-        return {**base, "status": "done", "frames": line["frames"]}
+        return {**base, "status": "done", "frames": line["frames"],
+                **({"face_rate": rate} if rate is not None else {})}
+
+
+def face_rate(attrs: dict) -> float | None:
+    """Share of a video's frames with a face (faces' finish(): face_frames / frames)."""
+    n, found = attrs.get("frames"), attrs.get("face_frames")
+    if not isinstance(n, int) or not isinstance(found, int) or n <= 0:
+        return None
+    return round(found / n, 4)
 
 
 def _message(e: BaseException) -> str:

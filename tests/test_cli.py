@@ -180,3 +180,29 @@ def test_features_is_quiet_by_default_and_v_shows_the_native_logs(tmp_path):
     v = run("-v", "features", "--input", corpus, "--store", tmp_path / "s2", "--extractors", "faces",
             "--workers", 1, "--quiet")
     assert "TensorFlow Lite" in v.stderr or "W0000" in v.stderr, v.stderr
+
+
+@pytest.mark.slow
+def test_a_video_without_faces_is_named_in_the_summary_and_in_ls(corpus, tmp_path):
+    """A face-less video used to pass as `failed 0` with nothing said."""
+    import numpy as np
+
+    from featurize.demo import encode_mp4
+
+    folder = tmp_path / "media"
+    folder.mkdir()
+    shutil.copy(corpus / "videos" / "demo_00.mp4", folder / "face.mp4")
+    encode_mp4(folder / "wall.mp4", lambda i: np.full((96, 128, 3), 90 + i % 5, np.uint8), 25, 25,
+               (128, 96), np.zeros(16000, np.float32), 16000)
+    store = tmp_path / "store"
+    p = run("features", "--input", folder, "--dataset", "generic", "--store", store,
+            "--extractors", "faces", "--workers", 1, "--quiet")
+    assert "faces: a face in" in p.stdout and "1 under 50%" in p.stdout, p.stdout
+    assert "warning: wall: a face in only 0% of frames" in p.stdout, p.stdout
+    assert "warning: face:" not in p.stdout
+
+    listing = run("ls", "--store", store).stdout
+    head = listing.splitlines()[0]
+    assert "face" in head.split(), listing
+    assert [ln for ln in listing.splitlines() if ln.startswith("warning:") and "wall" in ln
+            and "0% of frames" in ln], listing

@@ -234,9 +234,9 @@ def test_inventory_summary_table(good):
     open_key(root, size=16, margin=0.4)
     text = summary(root)
     lines = text.splitlines()
-    assert lines[0].split() == ["extractor", "key", "done", "failed", "n/a", "frames", "disk"]
+    assert lines[0].split() == ["extractor", "key", "done", "failed", "n/a", "frames", "face", "disk"]
     row = [line for line in lines if handle.key in line][0].split()
-    assert row[:6] == [EXT, handle.key, "3", "1", "1", "47"]
+    assert row[:7] == [EXT, handle.key, "3", "1", "1", "47", "-"]   # no face_rate in these manifests
     assert "2 key(s)" in lines[-1]
 
 
