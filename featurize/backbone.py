@@ -12,6 +12,11 @@ Input: `source="crops"` (the faces crops; masked crops are not run, zeros there)
 `source="frames"` (whole frames). The field was called `on`, which YAML 1.1 reads as the
 boolean true (`{on: frames}` arrived as {True: "frames"}): `on` stays accepted as an alias,
 from `--param backbone.on=frames` and from a study YAML (the registry maps the boolean back).
+Clip models (`clip` > 0: AV-CPNet's visual tokens, `torchvision:swin3d_t` = Video Swin-T,
+`torchvision:r3d_18`): frames are cut into segments of `clip` frames every `clip_hop`
+frames (default `clip`, no overlap), the last one padded with its last frame, and the model
+gives one row per segment: `t` its centre, `mask` at least half its crops valid (whole frames:
+always), group attribute `hop` = clip_hop / fps, so the trainer aligns it like audio.
 Each batch goes to the device as uint8, is resized there to `size` x `size` (bilinear,
 antialiased; whole frames are not letterboxed), scaled to [0, 1] and normalised with
 `mean`/`std`. The model's output (the first one when it returns several) is flattened to
@@ -115,6 +120,11 @@ class BackboneConfig:
     batch: int = 64
     device: str = "auto"              # "auto" | "cpu" | "cuda" | "cuda:N"
     threads: int = 1                  # torch.set_num_threads on CPU
+    # clip models (torchvision:r3d_18, torchvision:swin3d_t, or TorchScript on [B,3,T,H,W]):
+    clip: int = 0                     # frames per segment; 0 = an image model, one row per frame
+    clip_hop: int = 0                 # frames between segment starts; 0 = clip (no overlap)
+    strip_head: bool | None = None    # torchvision: classifier (fc/head) -> identity, i.e. the
+                                      # embedding; None = for clip models yes, image models no
 
     def __post_init__(self):
         if self.source not in ("crops", "frames"):
@@ -123,6 +133,8 @@ class BackboneConfig:
             raise ValueError("mean and std need 3 values (std > 0)")
         if self.batch < 1 or self.size < 8:
             raise ValueError("batch must be >= 1 and size >= 8")
+        if self.clip < 0 or self.clip_hop < 0 or (self.clip_hop and not self.clip):
+            raise ValueError("clip and clip_hop must be >= 0 (clip_hop only with clip)")
 
 
 def _load(c: BackboneConfig, path: Path, device):
@@ -136,12 +148,13 @@ def _load(c: BackboneConfig, path: Path, device):
                              "save it with torch.jit.save(torch.jit.script(model), path), or pass "
                              "backbone.arch=<name> for a state dict") from None
     if c.arch.startswith("torchvision:"):
+        torchvision = import_torchvision(path)
         try:
-            import torchvision
-        except ImportError:
-            raise InputError(path, "extractor_error", f"arch {c.arch} needs torchvision, not installed",
-                             "pip install torchvision, or save the model as TorchScript") from None
-        model = torchvision.models.get_model(c.arch.split(":", 1)[1], weights=None)
+            model = torchvision.models.get_model(c.arch.split(":", 1)[1], weights=None)
+        except ValueError as e:
+            raise InputError(path, "extractor_error", f"arch {c.arch}: {e}",
+                             "name a torchvision model, e.g. torchvision:r3d_18, torchvision:swin3d_t, "
+                             "torchvision:resnet18") from None
     elif c.arch in ARCHS:
         model = None
     else:
@@ -161,7 +174,54 @@ def _load(c: BackboneConfig, path: Path, device):
         raise InputError(path, "extractor_error",
                          f"cannot load a {c.arch} state dict ({type(e).__name__}: {e})",
                          "save model.state_dict() with torch.save for that architecture") from None
+    strip = c.strip_head if c.strip_head is not None else c.clip > 0
+    if strip:
+        from torch import nn
+
+        for attr in ("fc", "head", "classifier"):   # resnet/r3d_18: fc; swin3d_t: head
+            if isinstance(getattr(model, attr, None), nn.Module):
+                setattr(model, attr, nn.Identity())
+                break
+        else:
+            raise InputError(path, "extractor_error", f"strip_head: {c.arch} has no fc/head/classifier",
+                             "pass backbone.strip_head=false, or save a model that returns the embedding")
     return model.to(device)
+
+
+def import_torchvision(path="backbone"):
+    """torchvision, also where its compiled ops cannot load.
+
+    Why: the PyPI torchvision 0.28.0 wheel (the release for torch 2.13.0) is a CUDA build;
+    beside the CPU torch wheel its `_C` ops cannot load, and its import then stops at
+    registering a fake kernel for `torchvision::nms` ("operator ... does not exist"). The
+    models need none of those ops: the two schemas it registers unguarded are declared and
+    the import retried (calling nms itself would still fail, loudly)."""
+    import sys
+
+    try:
+        import torchvision
+        return torchvision
+    except ImportError:
+        raise InputError(path, "extractor_error", "torchvision is not installed",
+                         "pip install --no-deps torchvision==0.28.0 (the release for torch 2.13.0), "
+                         "or save the model as TorchScript") from None
+    except RuntimeError as e:
+        if "torchvision::nms" not in str(e):
+            raise
+    import torch
+
+    for m in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[m]
+    global _TV_OPS
+    if _TV_OPS is None:
+        _TV_OPS = torch.library.Library("torchvision", "FRAGMENT")
+        for op in ("nms", "qnms"):
+            _TV_OPS.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    import torchvision
+    return torchvision
+
+
+_TV_OPS = None
 
 
 @register
@@ -230,7 +290,97 @@ class Backbone(Extractor):
             torch.set_num_threads(prev)
         return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
+    def embed_clips(self, clips: np.ndarray) -> np.ndarray:
+        """RGB uint8 [S, T, H, W, 3] -> float32 [S, D]: a video model on [S, 3, T, size, size]."""
+        torch = self._torch
+        import torch.nn.functional as F
+
+        c = self.config
+        per = max(1, c.batch // max(1, clips.shape[1]))    # `batch` counts frames
+        outs = []
+        prev = torch.get_num_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(c.threads)
+        try:
+            with torch.inference_mode():
+                for i in range(0, len(clips), per):
+                    x = torch.from_numpy(np.ascontiguousarray(clips[i:i + per])).to(self.device)
+                    s_, t_ = x.shape[:2]
+                    x = x.reshape(s_ * t_, *x.shape[2:]).permute(0, 3, 1, 2).float().div_(255.0)
+                    if x.shape[-2:] != (c.size, c.size):
+                        x = F.interpolate(x, size=(c.size, c.size), mode="bilinear",
+                                          align_corners=False, antialias=True)
+                    x = ((x - self._mean) / self._std).reshape(s_, t_, 3, c.size, c.size).transpose(1, 2)
+                    y = self.model(x)
+                    if isinstance(y, (tuple, list)):
+                        y = y[0]
+                    outs.append(y.reshape(s_, -1).float().cpu().numpy())
+        finally:
+            torch.set_num_threads(prev)
+        return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+    def start(self, info) -> None:
+        self._fps = float(getattr(info, "fps", 0) or 0) or 25.0
+        self._buf = self._tbuf = self._mbuf = None   # frames from the next segment start on
+        self._base = 0                               # frame index of _buf[0]
+        self._next = 0                               # frame index of the next segment start
+
+    def _segments(self, final: bool) -> dict[str, np.ndarray]:
+        """Every segment whose frames are all here (and, at the end, the rest padded with the
+        last frame): t = the segment's centre on the nominal grid, mask = half its crops valid."""
+        c = self.config
+        hop = c.clip_hop or c.clip
+        if self._buf is None:
+            return {}
+        seen = self._base + len(self._buf)
+        starts = []
+        while self._next + (1 if final else c.clip) <= seen:
+            starts.append(self._next)
+            self._next += hop
+        if not starts:
+            return {}
+        idx = np.minimum(np.arange(c.clip)[None] + np.array(starts)[:, None] - self._base, len(self._buf) - 1)
+        valid = self._mbuf[idx].mean(1) >= 0.5
+        t0 = self._tbuf[np.array(starts) - self._base].astype(np.float64)
+        t = t0 + (c.clip - 1) / 2.0 / self._fps
+        dim = getattr(self, "_dim", None)
+        if valid.any():
+            y = self.embed_clips(self._buf[idx[valid]])
+            dim = self._dim = y.shape[1]
+        elif dim is None:   # learn D once from a dummy clip so shapes stay fixed per video
+            dim = self._dim = self.embed_clips(np.zeros((1, c.clip, c.size, c.size, 3), np.uint8)).shape[1]
+        data = np.zeros((len(starts), dim), np.float16)
+        if valid.any():
+            data[valid] = y.astype(np.float16)
+        keep = max(0, min(self._next, seen) - self._base)     # frames before the next start are done
+        self._buf, self._tbuf, self._mbuf = self._buf[keep:], self._tbuf[keep:], self._mbuf[keep:]
+        self._base += keep
+        return {"data": data, "mask": valid, "t": t}
+
+    def flush(self) -> dict[str, np.ndarray]:
+        if not self.config.clip:
+            return {}
+        return self._segments(final=True)
+
+    def finish(self) -> dict:
+        c = self.config
+        if not c.clip:
+            return {}
+        # the trainer aligns this clock to the label grid by t and hop, like audio
+        return {"clip": c.clip, "clip_hop": c.clip_hop or c.clip, "hop": (c.clip_hop or c.clip) / self._fps}
+
     def process(self, frames: np.ndarray, ctx: dict) -> dict[str, np.ndarray]:
+        if self.config.clip:
+            n = len(frames)
+            mask = np.asarray(ctx.get("mask", np.ones(n, bool)) if self.input == "crops" else np.ones(n, bool),
+                              bool)
+            t = np.asarray(ctx.get("t", np.arange(n) / self._fps), np.float64)
+            if self._buf is None:
+                self._buf, self._tbuf, self._mbuf = frames.copy(), t, mask
+            else:
+                self._buf = np.concatenate([self._buf, frames])
+                self._tbuf, self._mbuf = np.concatenate([self._tbuf, t]), np.concatenate([self._mbuf, mask])
+            return self._segments(final=False)
         n = len(frames)
         if self.input == "crops":
             mask = np.asarray(ctx.get("mask", np.ones(n, bool)), bool).copy()

@@ -420,8 +420,8 @@ def _run_video(row, info, specs, outs, attrs, registry, keep_partial) -> int:
                         arrays = live[n].process(frames, {"t": t, "hints": hints.get(n) or {}})
                         if n == "faces":
                             crops, cmask = arrays["data"], arrays["mask"]
-                        if n in outs:
-                            outs[n].append({**arrays, "t": t})
+                        if n in outs and arrays:     # {}: nothing complete yet (clip segments)
+                            outs[n].append({"t": t, **arrays})   # an extractor's own t wins
                     except Exception as e:  # noqa: BLE001
                         fail(n, "extractor_error", _message(e))
                 for n in crop_names:
@@ -429,7 +429,8 @@ def _run_video(row, info, specs, outs, attrs, registry, keep_partial) -> int:
                         continue
                     try:
                         arrays = live[n].process(crops, {"t": t, "mask": cmask})
-                        outs[n].append({**arrays, "t": t})
+                        if arrays:
+                            outs[n].append({"t": t, **arrays})
                     except Exception as e:  # noqa: BLE001
                         fail(n, "extractor_error", _message(e))
                 if len(failed) == len(live):
@@ -450,6 +451,9 @@ def _run_video(row, info, specs, outs, attrs, registry, keep_partial) -> int:
         if n in failed:
             continue
         try:
+            tail = ex.flush() if n in outs else {}    # rows an extractor held back (the last clip)
+            if tail:
+                outs[n].append(tail)
             attrs.setdefault(n, {}).update({"fps": fps, "partial": bool(report.get("partial")),
                                             **(ex.finish() or {})})
         except Exception as e:  # noqa: BLE001

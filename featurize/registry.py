@@ -157,6 +157,12 @@ class Extractor:
         """Attributes for the video's group (e.g. track statistics)."""
         return {}
 
+    def flush(self) -> dict[str, np.ndarray]:
+        """Rows held back until the video ended (with their own `t`), e.g. the last clip of a
+        clip model; {} for extractors that give one row per frame. `process` may likewise
+        return {} while a segment is incomplete, and rows with their own `t` (segment times)."""
+        return {}
+
     # audio extractors
     def extract(self, samples: np.ndarray, sr: int) -> dict[str, np.ndarray]:
         raise NotImplementedError
