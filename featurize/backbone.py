@@ -264,25 +264,28 @@ class Backbone(Extractor):
     def input_kind(cls, config) -> str:
         return config.source
 
-    def embed(self, images: np.ndarray) -> np.ndarray:
-        """RGB uint8 [N,H,W,3] -> float32 [N, D]."""
-        torch = self._torch
+    def _normalise(self, x):
+        """uint8 [N, H, W, 3] on the device -> float [N, 3, size, size], resized and normalised."""
         import torch.nn.functional as F
 
         c = self.config
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-2:] != (c.size, c.size):
+            x = F.interpolate(x, size=(c.size, c.size), mode="bilinear", align_corners=False, antialias=True)
+        return (x - self._mean) / self._std
+
+    def _batched(self, items: np.ndarray, per: int, prepare) -> np.ndarray:
+        """The model on `per` items at a time (prepare: uint8 device tensor -> model input)."""
+        torch = self._torch
         outs = []
         prev = torch.get_num_threads()
         if self.device.type == "cpu":
-            torch.set_num_threads(c.threads)
+            torch.set_num_threads(self.config.threads)
         try:
             with torch.inference_mode():
-                for i in range(0, len(images), c.batch):
-                    x = torch.from_numpy(np.ascontiguousarray(images[i:i + c.batch])).to(self.device)
-                    x = x.permute(0, 3, 1, 2).float().div_(255.0)
-                    if x.shape[-2:] != (c.size, c.size):
-                        x = F.interpolate(x, size=(c.size, c.size), mode="bilinear",
-                                          align_corners=False, antialias=True)
-                    y = self.model((x - self._mean) / self._std)
+                for i in range(0, len(items), per):
+                    x = torch.from_numpy(np.ascontiguousarray(items[i:i + per])).to(self.device)
+                    y = self.model(prepare(x))
                     if isinstance(y, (tuple, list)):
                         y = y[0]
                     outs.append(y.reshape(len(x), -1).float().cpu().numpy())
@@ -290,34 +293,17 @@ class Backbone(Extractor):
             torch.set_num_threads(prev)
         return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """RGB uint8 [N,H,W,3] -> float32 [N, D]."""
+        return self._batched(images, self.config.batch, self._normalise)
+
     def embed_clips(self, clips: np.ndarray) -> np.ndarray:
         """RGB uint8 [S, T, H, W, 3] -> float32 [S, D]: a video model on [S, 3, T, size, size]."""
-        torch = self._torch
-        import torch.nn.functional as F
+        def prepare(x):
+            return self._normalise(x.flatten(0, 1)).unflatten(0, x.shape[:2]).transpose(1, 2)
 
-        c = self.config
-        per = max(1, c.batch // max(1, clips.shape[1]))    # `batch` counts frames
-        outs = []
-        prev = torch.get_num_threads()
-        if self.device.type == "cpu":
-            torch.set_num_threads(c.threads)
-        try:
-            with torch.inference_mode():
-                for i in range(0, len(clips), per):
-                    x = torch.from_numpy(np.ascontiguousarray(clips[i:i + per])).to(self.device)
-                    s_, t_ = x.shape[:2]
-                    x = x.reshape(s_ * t_, *x.shape[2:]).permute(0, 3, 1, 2).float().div_(255.0)
-                    if x.shape[-2:] != (c.size, c.size):
-                        x = F.interpolate(x, size=(c.size, c.size), mode="bilinear",
-                                          align_corners=False, antialias=True)
-                    x = ((x - self._mean) / self._std).reshape(s_, t_, 3, c.size, c.size).transpose(1, 2)
-                    y = self.model(x)
-                    if isinstance(y, (tuple, list)):
-                        y = y[0]
-                    outs.append(y.reshape(s_, -1).float().cpu().numpy())
-        finally:
-            torch.set_num_threads(prev)
-        return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+        per = max(1, self.config.batch // max(1, clips.shape[1]))    # `batch` counts frames
+        return self._batched(clips, per, prepare)
 
     def start(self, info) -> None:
         self._fps = float(getattr(info, "fps", 0) or 0) or 25.0
