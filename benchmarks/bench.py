@@ -36,18 +36,19 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="smaller workloads, same code paths")
     p.add_argument("--parts", default=",".join(PARTS), help="comma list of " + ", ".join(PARTS))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--tag", default="bench", help="results file <date>-<sha>[-TAG].json (default: no tag)")
     a = p.parse_args(argv)
     if a.quick:
         for k, v in QUICK.items():
             setattr(a, k, v)
-    res = Results("bench")
+    res = Results(a.tag)
     res.head["quick"] = a.quick
     for name in a.parts.split(","):
         try:
             out = PARTS[name].run(a)
         except Exception as e:  # noqa: BLE001  (one part failing still leaves the others' figures)
             out = {f"{name}_error": f"{type(e).__name__}: {e}"}
-        res.update(out if name in ("clips", "train") else {name: out})
+        res.update(out)
         res.write(a.out)   # after every part: a late failure keeps what was measured
     return 0
 

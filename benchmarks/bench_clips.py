@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, Results  # noqa: E402
+from common import ROOT, script_main  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 EMOCACHE = Path(sys.executable).with_name("emocache")
@@ -227,14 +226,7 @@ def run(a) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_args(p)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    a = p.parse_args(argv)
-    res = Results("clips")
-    res.update(run(a))
-    res.write(a.out)
-    return 0
+    return script_main("clips", __doc__, add_args, run, argv)
 
 
 if __name__ == "__main__":

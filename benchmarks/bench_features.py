@@ -11,7 +11,6 @@ models are loaded before the clock starts (run_features preloads them), into a f
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, Results  # noqa: E402
+from common import ROOT, script_main  # noqa: E402
 
 MAIN = ["faces", "fer", "logmel", "mfcc"]
 MESH = ["mesh"]
@@ -178,18 +177,11 @@ def run(a) -> dict:
         result["targets"]["demo 1->2 workers >= 1.8x"] = result["demo"]["speedup"]
     if not a.demo_dir:
         shutil.rmtree(demo, ignore_errors=True)
-    return result
+    return {"features": result}
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_args(ap)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    a = ap.parse_args(argv)
-    res = Results("features")
-    res["features"] = run(a)
-    res.write(a.out)
-    return 0
+    return script_main("features", __doc__, add_args, run, argv)
 
 
 if __name__ == "__main__":

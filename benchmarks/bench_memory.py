@@ -8,7 +8,6 @@ stream whatever their number; the length in seconds is what audio memory follows
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, Results, dump_section, isolated, peak_rss_mb  # noqa: E402
+from common import isolated, peak_rss_mb, script_main  # noqa: E402
 
 MAIN = ["faces", "fer", "logmel", "mfcc"]
 
@@ -82,23 +81,11 @@ def run(a) -> dict:
     lo, hi = res[f"{min(mins):g}_min"], res[f"{max(mins):g}_min"]
     if "peak_rss_mb" in lo and "peak_rss_mb" in hi:
         res[f"ratio_{max(mins):g}_vs_{min(mins):g}_min (target <= 1.25)"] = round(hi["peak_rss_mb"] / lo["peak_rss_mb"], 3)
-    return res
+    return {"memory": res}
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_args(p)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    p.add_argument("--only", choices=["worker"], help=argparse.SUPPRESS)
-    p.add_argument("--path", help=argparse.SUPPRESS)
-    p.add_argument("--dump", help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
-    if a.only:
-        return dump_section(worker(a.path), a.dump)
-    res = Results("memory")
-    res["memory"] = run(a)
-    res.write(a.out)
-    return 0
+    return script_main("memory", __doc__, add_args, run, argv, only={"worker": lambda a: worker(a.path)})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Sections (all measured in one process, so their ratios hold on a busy machine):
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, Results, dump_section, isolated, peak_rss_mb  # noqa: E402
+from common import isolated, peak_rss_mb, script_main  # noqa: E402
 
 AFFWILD2_FRAMES = 2_800_000
 DIMS = {"backbone": 512, "logmel": 64, "mfcc": 39, "mesh": 1404, "fer": 128}
@@ -176,7 +175,8 @@ def synthetic_corpus(cfg, videos: int, frames: int, device, rng=None):
     for name, specs in cfg.features.items():
         widths = [DIMS.get(s.extractor, 64) if not (s.extractor == "mfcc" and s.params.get("n_mfcc"))
                   else int(s.params["n_mfcc"]) * (1 if s.params.get("deltas") is False else 3) for s in specs]
-        x = torch.as_tensor(rng.standard_normal((n, sum(widths)), dtype=np.float32), device=device)
+        g = torch.Generator(device=device).manual_seed(len(mods))
+        x = torch.randn(n, sum(widths), generator=g, device=device)
         mods[name] = Modality(name, x, torch.ones(n, dtype=torch.bool, device=device), widths)
     lab = cfg.labels
     rows = []
@@ -188,14 +188,14 @@ def synthetic_corpus(cfg, videos: int, frames: int, device, rng=None):
         rows.append({"video_id": f"v{v:04d}", "labels": labels, "split": "train"})
     labels = None
     if lab.source == "frames":
-        labels = torch.as_tensor(rng.uniform(-1, 1, (n, len(lab.targets))).astype(np.float32), device=device)
+        labels = torch.rand(n, len(lab.targets), device=device) * 2 - 1
     return Corpus(rows=rows, video_ids=[r["video_id"] for r in rows], offsets=offsets,
                   frame_index=np.concatenate([np.arange(frames)] * videos), times=np.zeros(n),
                   modalities=mods, label_names=list(lab.targets) if labels is not None else [],
                   labels=labels, features=[])
 
 
-def _epoch_rates(task, model, cfg, device, premade: dict, rounds: int) -> tuple[float, float]:
+def _epoch_rates(task, model, cfg, device, premade: dict, rounds: int, amp: bool = False) -> tuple[float, float]:
     """Optimizer steps/s of experiments.fit.train_epoch with the trainer's Task.batch and with
     `premade` in its place, epochs alternated `rounds` times (best of each: the neighbours'
     load hits both alike)."""
@@ -205,7 +205,7 @@ def _epoch_rates(task, model, cfg, device, premade: dict, rounds: int) -> tuple[
     from experiments.optim import make_optimizer
 
     opt = make_optimizer(cfg.optim, model.parameters())
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
     gen = torch.Generator().manual_seed(0)
     real = task.batch
     steps = -(-task.n_samples("train") // cfg.train.batch_size)
@@ -231,7 +231,7 @@ def _epoch_rates(task, model, cfg, device, premade: dict, rounds: int) -> tuple[
     return steps / best["real"], steps / best["premade"]
 
 
-def head_rates(study: str, device, videos: int, rounds: int = 3, overrides=()) -> dict:
+def head_rates(study: str, device, videos: int, rounds: int = 3, overrides=(), amp: bool = False) -> dict:
     import torch
 
     from experiments import config, tasks
@@ -244,7 +244,7 @@ def head_rates(study: str, device, videos: int, rounds: int = 3, overrides=()) -
     model = task.build_model().to(device)
     sel = torch.arange(min(cfg.train.batch_size, task.n_samples("train")), device=device)
     premade = task.batch("train", sel)
-    real, ceiling = _epoch_rates(task, model, cfg, device, premade, rounds)
+    real, ceiling = _epoch_rates(task, model, cfg, device, premade, rounds, amp)
     return {"head": cfg.head.name, "batch_size": cfg.train.batch_size, "samples": task.n_samples("train"),
             "steps_per_s_data_path": round(real, 2), "steps_per_s_premade": round(ceiling, 2),
             "ratio (target >= 0.9)": round(real / ceiling, 3)}
@@ -349,18 +349,7 @@ def run(a) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_args(p)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    p.add_argument("--only", choices=["scale"], help=argparse.SUPPRESS)
-    p.add_argument("--dump", help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
-    if a.only:
-        return dump_section(scale_section(a), a.dump)
-    res = Results("train")
-    res.update(run(a))
-    res.write(a.out)
-    return 0
+    return script_main("train", __doc__, add_args, run, argv, only={"scale": scale_section})
 
 
 if __name__ == "__main__":

@@ -144,3 +144,26 @@ def markdown(doc: dict) -> str:
         rows.sort(key=lambda r: 0 if ("target" in r[0] or "ratio" in r[0]) else 1)
         lines += ["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows] + [""]
     return "\n".join(lines)
+
+
+def script_main(name: str, doc: str, add_args, run, argv=None, only: dict | None = None) -> int:
+    """The command line of each benchmark script: its own args, --out; `run(args)` returns
+    {section: figures}, written as benchmarks/results/<date>-<sha>-<name>.json + .md.
+    `only` {mode: fn(args) -> dict} are hidden modes that dump one section to --dump
+    (what `isolated` runs in a fresh interpreter)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_args(p)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    if only:
+        p.add_argument("--only", choices=sorted(only), help=argparse.SUPPRESS)
+        p.add_argument("--dump", help=argparse.SUPPRESS)
+        p.add_argument("--path", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if only and a.only:
+        return dump_section(only[a.only](a), a.dump)
+    res = Results(name)
+    res.update(run(a))
+    res.write(a.out)
+    return 0
