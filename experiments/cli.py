@@ -174,8 +174,15 @@ def cmd_train(a) -> int:
 def cmd_predict(a) -> int:
     from experiments.predict import predict_video
 
+    from experiments import config
+    from experiments.predict import trained_on_demo
+
     out = predict_video(a.video, a.run, out_dir=a.out, store_root=a.store)
     print(f"predictions: {out}")
+    print(f"plot: {out.with_suffix('.png')}")
+    if trained_on_demo(config.load(Path(a.run) / "config.yaml")):
+        print(f"warning: {a.run} was trained on the synthetic demo corpus (drawn faces, tones): "
+              "its predictions mean nothing for real faces", file=sys.stderr)
     return 0
 
 

@@ -130,7 +130,7 @@ class TrainConfig:
 
 @dataclass
 class ReportConfig:
-    n_traces: int = 3
+    n_traces: int = 8              # test videos in traces_<role>.png (the figure says when it is a sample)
 
 
 @dataclass

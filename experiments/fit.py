@@ -144,6 +144,7 @@ def finish(setup: Setup, model, state: State, monitor: str) -> dict:
     write_json(out, run_dir / "metrics.json")
     if state.history:
         report.learning_curves(state.history, monitor, run_dir / "learning_curves.png")
+        report.tensorboard(state.history, monitor, run_dir)
     keys = [k for k, v in out["test"]["model"].items() if isinstance(v, float)]
     print(f"held-out test ({out['test']['model'].get('n_frames', out['test']['model'].get('n_clips'))} "
           f"{'frames' if cfg.task == 'frames' else 'clips'}):")

@@ -20,7 +20,7 @@ import torch
 
 from store.errors import InputError
 
-from . import config, data, runinfo, tasks
+from . import config, data, report, runinfo, tasks
 from .checkpoints import BEST, load_weights
 from .folds import merge_prediction_csvs
 from .prepare import normalise_like_run
@@ -76,10 +76,12 @@ def predict_video(video_path, run_dir, out_dir=None, store_root=None, device=Non
     dataset = f"predict-{vid}"
     write_manifest([row], store, dataset)
     names, over = _extractor_overrides(cfg)
-    summary = run_features([row], store, names, overrides=over, scheduler="inline", progress=False)
+    summary = run_features([row], store, names, overrides=over, scheduler="inline", progress=False, echo=False)
     if summary.failed_total:
-        raise InputError(video_path, "extractor_error", f"featurizing failed: {summary}",
-                         fix="see the errors.jsonl of the keys named above")
+        first = summary.failures[0]      # one line, the user's file name: not once per extractor
+        msg = first["message"].split(" — fix: ")[0].replace(f"{video_path}: ", "")
+        raise InputError(video_path, first["reason"], msg,
+                         fix="give a video or audio file the study's extractors can read")
 
     # the exact keys the run trained on; a different key now means different extractor code or libraries
     trained = {}
@@ -116,7 +118,9 @@ def predict_video(video_path, run_dir, out_dir=None, store_root=None, device=Non
         cols = [f"pred_{t}" for t in names_out]
 
     p = pred.cpu().numpy()
-    face = corpus.face.cpu().numpy()
+    face = corpus.face.cpu().numpy().astype(bool)
+    if cfg.data.mask_no_face:
+        p[~face] = np.nan      # no face: missing, not a confident value (training never scored these frames)
     csv_path = out / f"{video_path.stem}.csv"
     with open(csv_path, "w", newline="") as f:
         wr = csv.writer(f)
@@ -126,9 +130,16 @@ def predict_video(video_path, run_dir, out_dir=None, store_root=None, device=Non
                 np.isfinite(p[i]).all() else ([""] if cfg.task == "clip_classification" else [])
             wr.writerow([int(corpus.frame_index[i]), f"{corpus.times[i]:.4f}", *[f"{x:.5f}" for x in p[i]],
                          int(face[i])] + extra)
-    _trace(corpus.times, p, face, cols, out / f"{video_path.stem}.png", video_path.name)
-    print(f"{video_path.name}: {len(p)} frames -> {csv_path}")
+    report.predict_trace(corpus.times, p, face, cols, out / f"{video_path.stem}.png",
+                         f"{video_path.name}: {len(p)} frames, a face in {100 * face.mean():.0f}%",
+                         demo_model=trained_on_demo(cfg))
     return csv_path
+
+
+def trained_on_demo(cfg) -> bool:
+    """Whether the run learnt the synthetic demo corpus (drawn faces, tones): its numbers mean
+    nothing for real faces, and predict says so."""
+    return str(cfg.dataset) == "demo"
 
 
 def _predict_with_folds(video_path: Path, run_dir: Path, fold_runs, out_dir, store_root, device) -> Path:
@@ -146,9 +157,9 @@ def _predict_with_folds(video_path: Path, run_dir: Path, fold_runs, out_dir, sto
     table = np.genfromtxt(merged, delimiter=",", names=True, dtype=None, encoding=None)
     cols = [c for c in table.dtype.names if c.startswith(("pred_", "p_"))]
     values = np.stack([table[c].astype(float) for c in cols], 1) if cols else np.zeros((len(table), 0))
-    _trace(table["t"], values, table["face"].astype(bool), cols, merged.with_suffix(".png"),
-           f"{video_path.name}: {len(paths)} fold models merged")
-    print(f"{video_path.name}: {len(paths)} fold models merged -> {merged}")
+    report.predict_trace(table["t"], values, table["face"].astype(bool), cols, merged.with_suffix(".png"),
+                         f"{video_path.name}: {len(paths)} fold models merged",
+                         demo_model=trained_on_demo(config.load(run_dir / "config.yaml")))
     return merged
 
 
@@ -172,20 +183,3 @@ def _mean_csvs(paths, out_path) -> None:
                 row = {**row, "pred": max(probs, key=probs.get)[2:] if probs and all(np.isfinite(list(probs.values())))
                        else ""}
             wr.writerow([f"{mean[c]:.5f}" if c in mean else row[c] for c in head])
-
-
-def _trace(t, p, face, cols, path, title):
-    from . import report
-
-    plt = report._plt()
-    fig, ax = plt.subplots(figsize=(10, 3))
-    for j, c in enumerate(cols):
-        ax.plot(t, p[:, j], lw=1.0, label=c)
-    if (~face.astype(bool)).any():
-        ax.fill_between(t, 0, 1, where=~face.astype(bool), transform=ax.get_xaxis_transform(),
-                        color="grey", alpha=0.2, label="no face")
-    ax.set(xlabel="seconds", title=title)
-    ax.legend(fontsize=8, ncol=min(len(cols) + 1, 4))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

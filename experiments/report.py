@@ -20,38 +20,148 @@ def _plt():
     return plt
 
 
+BOUNDED = ("valence", "arousal")   # targets on [-1, 1]: fixed axes, so two plots compare by eye
+
+
+def _bounded(name: str, *values) -> bool:
+    if any(b in str(name).lower() for b in BOUNDED):
+        return True
+    finite = [np.asarray(v, float)[np.isfinite(np.asarray(v, float))] for v in values]
+    return all(f.size == 0 or np.abs(f).max() <= 1.0 for f in finite)
+
+
+def _integer_ticks(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def best_epoch(history: list[dict], monitor: str) -> int | None:
+    """The epoch with the highest validation `monitor` (the selection rule of experiments.fit)."""
+    scores = [(h["val"].get(monitor), h["epoch"]) for h in history
+              if isinstance(h.get("val", {}).get(monitor), (int, float)) and np.isfinite(h["val"][monitor])]
+    return max(scores)[1] if scores else None
+
+
 def learning_curves(history: list[dict], monitor: str, path) -> Path:
+    """Training loss (log scale when positive) and the validation monitor per epoch, integer
+    epoch ticks, the selected (best) epoch marked on both."""
     plt = _plt()
     ep = [h["epoch"] for h in history]
+    loss = np.array([h["train_loss"] for h in history], float)
+    best = best_epoch(history, monitor)
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax[0].plot(ep, [h["train_loss"] for h in history], marker="o")
-    ax[0].set(xlabel="epoch", ylabel="train loss", title="training loss")
-    ax[1].plot(ep, [h["val"].get(monitor, np.nan) for h in history], marker="o", label="model")
+    ax[0].plot(ep, loss, marker="o", ms=3)
+    log = bool(len(loss)) and bool(np.all(loss[np.isfinite(loss)] > 0))
+    if log:
+        ax[0].set_yscale("log")
+    ax[0].set(xlabel="epoch", ylabel="training loss" + (" (log scale)" if log else ""), title="training loss")
+    val = [h["val"].get(monitor, np.nan) for h in history]
+    ax[1].plot(ep, val, marker="o", ms=3, label="model")
     if history and isinstance(history[0].get("val_baseline"), (int, float)):
         ax[1].axhline(history[0]["val_baseline"], color="grey", ls="--", label="baseline")
-    ax[1].set(xlabel="epoch", ylabel=monitor, title=f"validation {monitor}")
-    ax[1].legend()
+    if best is not None:
+        for a in ax:
+            a.axvline(best, color="tab:green", ls=":", lw=1.2)
+        ax[1].plot([best], [val[ep.index(best)]], marker="*", ms=12, color="tab:green", ls="",
+                   label=f"best epoch {best}: {val[ep.index(best)]:.3f}")
+    ax[1].set(xlabel="epoch", ylabel=f"validation {monitor}", title=f"validation {monitor} (higher is better)")
+    ax[1].legend(fontsize=8)
+    for a in ax:
+        _integer_ticks(a)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
 
 
-def traces(videos: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]], names, path) -> Path:
-    """videos: (video_id, t [F], pred [F, K], true [F, K], valid [F]) for a few videos."""
+def tensorboard(history: list[dict], monitor: str, run_dir) -> Path | None:
+    """The learning curves as TensorBoard event files in RUN/tensorboard (`tensorboard --logdir
+    runs/`): train loss, every validation metric, lr, per epoch. None when the `tensorboard`
+    package (which torch.utils.tensorboard needs) is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    out = Path(run_dir) / "tensorboard"
+    with SummaryWriter(log_dir=str(out)) as w:
+        for h in history:
+            e = int(h["epoch"])
+            w.add_scalar("train/loss", float(h["train_loss"]), e)
+            if isinstance(h.get("lr"), (int, float)):
+                w.add_scalar("train/lr", float(h["lr"]), e)
+            for k, v in (h.get("val") or {}).items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    w.add_scalar(f"val/{k}", float(v), e)
+        best = best_epoch(history, monitor)
+        if best is not None:
+            w.add_text("selection", f"best epoch {best} on validation {monitor}", best)
+    return out
+
+
+def _agreement(pred, true, valid) -> tuple[float, float]:
+    """(CCC, Pearson r) of one trace over its valid, labelled frames (heads.metrics)."""
+    import torch
+
+    from heads.metrics import ccc, pearson_per_target
+
+    ok = np.asarray(valid, bool) & np.isfinite(pred) & np.isfinite(true)
+    if ok.sum() < 2:
+        return float("nan"), float("nan")
+    p = torch.as_tensor(np.asarray(pred, np.float64)[ok])
+    t = torch.as_tensor(np.asarray(true, np.float64)[ok])
+    return ccc(p, t), pearson_per_target(p[:, None], t[:, None])[0]
+
+
+def traces(videos: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]], names, path,
+           total: int | None = None, role: str = "test") -> Path:
+    """videos: (video_id, t [F], pred [F, K], true [F, K], valid [F]); `total`: how many videos
+    the split has (the figure says when it shows a sample). Each panel names its CCC and r."""
     plt = _plt()
     k = len(names)
-    fig, axes = plt.subplots(len(videos), k, figsize=(5 * k, 2.4 * len(videos)), squeeze=False)
+    total = len(videos) if total is None else total
+    fig, axes = plt.subplots(len(videos), k, figsize=(5 * k, 2.4 * len(videos) + 0.5), squeeze=False)
     for r, (vid, t, pred, true, valid) in enumerate(videos):
         for j, name in enumerate(names):
             ax = axes[r][j]
+            c, pr = _agreement(pred[:, j], true[:, j], valid)
             ax.plot(t, np.where(valid, true[:, j], np.nan), color="black", lw=1.2, label="true")
             ax.plot(t, pred[:, j], color="tab:red", lw=1.0, label="predicted")
-            ax.set_title(f"{vid}: {name}", fontsize=9)
-            ax.set_ylim(-1.05, 1.05) if np.nanmax(np.abs(true[:, j])) <= 1 else None
+            ax.set_title(f"{vid}: {name}   CCC {c:.2f}, r {pr:.2f}", fontsize=9)
+            if _bounded(name, true[:, j]):
+                ax.set_ylim(-1.05, 1.05)
+            ax.set(xlabel="time (s)", ylabel=f"{name} (label units)")
             if r == 0 and j == 0:
                 ax.legend(fontsize=8)
-    axes[-1][0].set_xlabel("seconds")
+    shown = (f"all {total} {role} videos" if len(videos) >= total else
+             f"{len(videos)} of {total} {role} videos (the first {len(videos)}; report.n_traces)")
+    fig.suptitle(f"predicted vs. true per frame, {shown}; CCC/r over labelled frames with a face", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def predict_trace(t, p, face, cols, path, title, demo_model: bool = False) -> Path:
+    """`emocache predict`: the predicted trace(s) of one video; face-less frames shaded (their
+    values are NaN, not predictions), valence/arousal on a fixed [-1, 1] axis."""
+    plt = _plt()
+    face = np.asarray(face, bool)
+    fig, ax = plt.subplots(figsize=(10, 3.2))
+    for j, c in enumerate(cols):
+        ax.plot(t, p[:, j], lw=1.0, label=c)
+    if (~face).any():
+        ax.fill_between(t, 0, 1, where=~face, transform=ax.get_xaxis_transform(),
+                        color="grey", alpha=0.2, label="no face (no prediction)")
+    if cols and all(_bounded(c, p[:, j]) for j, c in enumerate(cols)) and not any(c.startswith("p_") for c in cols):
+        ax.set_ylim(-1.05, 1.05)
+    elif cols and all(c.startswith("p_") for c in cols):
+        ax.set_ylim(-0.02, 1.02)
+    ylabel = "class probability" if cols and all(c.startswith("p_") for c in cols) else "predicted value"
+    ax.set(xlabel="time (s)", ylabel=ylabel,
+           title=title + ("  [model trained on the synthetic demo corpus: not meaningful for real faces]"
+                          if demo_model else ""))
+    ax.legend(fontsize=8, ncol=min(len(cols) + 1, 4))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

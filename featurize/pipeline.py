@@ -571,7 +571,7 @@ def _plan_videos(rows, specs, handles):
 
 def run_features(rows, store_root, extractors, overrides: dict | None = None, workers: int | None = None,
                  scheduler: str | None = None, shard: tuple[int, int] | None = None,
-                 progress: bool = True, keep_partial: bool = False) -> Summary:
+                 progress: bool = True, keep_partial: bool = False, echo: bool = True) -> Summary:
     """Featurize `rows` into `store_root` with `extractors` (names; `overrides` {name: {field: value}}).
 
     scheduler: None -> a LocalCluster of `workers` (default: cores) single-threaded processes;
@@ -619,7 +619,8 @@ def run_features(rows, store_root, extractors, overrides: dict | None = None, wo
         else:
             _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, collect, handles)
     summary.seconds = time.monotonic() - t0
-    print(summary, flush=True)
+    if echo:                # predict reports a failure itself, once
+        print(summary, flush=True)
     return summary
 
 

@@ -206,3 +206,39 @@ def test_a_video_without_faces_is_named_in_the_summary_and_in_ls(corpus, tmp_pat
     assert "face" in head.split(), listing
     assert [ln for ln in listing.splitlines() if ln.startswith("warning:") and "wall" in ln
             and "0% of frames" in ln], listing
+
+
+@pytest.mark.slow
+def test_predict_prints_each_path_once_one_not_media_line_and_the_demo_warning(corpus, tmp_path):
+    import yaml
+
+    store = tmp_path / "store"
+    run("features", "--input", corpus, "--dataset", "demo", "--store", store,
+        "--extractors", "mfcc", "--workers", 1, "--quiet")
+    study = tmp_path / "tiny.yaml"
+    study.write_text(yaml.safe_dump({
+        "extends": "demo", "name": "tiny",
+        "features": {"visual": [{"extractor": "mfcc"}], "audio_b": [{"extractor": "mfcc"}],
+                     "audio_mfcc": [{"extractor": "mfcc"}]},
+        "data": {"window": 30, "hop": 20},
+        "folds": {"scheme": "kfold", "n": 4, "stratify": None, "test": 0, "val": 1},
+        "head": {"args": {"visual_channels": [4], "audio_channels": [4], "kernel_size": 3}},
+        "train": {"epochs": 2, "batch_size": 2}}, sort_keys=False))
+    t = run("train", "--exp", study, "--store", store, "--runs", tmp_path / "runs")
+    run_dir = Path(t.stdout.strip().splitlines()[-1].split("run: ", 1)[1])
+    assert (run_dir / "tensorboard").is_dir() and list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+    p = run("predict", corpus / "videos" / "demo_01.mp4", "--run", run_dir, "--out", tmp_path / "pred",
+            "--store", store)
+    out = p.stdout.strip().splitlines()
+    csv_path, png = tmp_path / "pred" / "demo_01.csv", tmp_path / "pred" / "demo_01.png"
+    assert out == [f"predictions: {csv_path}", f"plot: {png}"], p.stdout
+    assert csv_path.is_file() and png.is_file()
+    assert p.stderr.strip().splitlines()[-1].startswith("warning:") and "synthetic demo corpus" in p.stderr
+
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("this is not a video\n")
+    bad = run("predict", fake, "--run", run_dir, "--out", tmp_path / "pred2", ok=False)
+    assert bad.returncode == 2 and bad.stdout == "", bad.stdout
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not_media" in lines[0] and str(fake) in lines[0], bad.stderr

@@ -107,7 +107,8 @@ class FrameTask(Task):
             out.append((self.corpus.video_ids[vi], self.corpus.times[g], pred.pred[lo:lo + n].cpu().numpy(),
                         pred.true[lo:lo + n].cpu().numpy(), pred.valid[lo:lo + n].cpu().numpy()))
         if out:
-            report.traces(out, self.cfg.labels.targets, Path(out_dir) / f"traces_{role}.png")
+            report.traces(out, self.cfg.labels.targets, Path(out_dir) / f"traces_{role}.png",
+                          total=len(vids), role=role)
 
     def write_predictions(self, pred: FramePred, out_dir, role):
         d = Path(out_dir) / "predictions" / role
