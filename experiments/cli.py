@@ -119,9 +119,16 @@ def cmd_features(a) -> int:
     name = a.name or (Path(a.input).parent.name if a.input.endswith(".jsonl")
                       else a.dataset or (rows[0].get("dataset") if rows else None) or "generic")
     extractors = [e.strip() for e in a.extractors.split(",") if e.strip()]
+    cluster = None
+    if a.cluster == "slurm":
+        from featurize.cluster import load_cluster_config
+
+        cluster = load_cluster_config(a.cluster_config)
+    elif a.cluster_config:
+        raise SystemExit("emocache features: --cluster-config needs --cluster slurm")
     write_manifest(rows, a.store, name)
     summary = run_features(rows, a.store, extractors, overrides=_overrides(a.param),
-                           workers=a.workers, scheduler=a.scheduler,
+                           workers=a.workers, scheduler=a.scheduler, cluster=cluster,
                            shard=_parse_shard(a.shard), progress=not a.quiet)
     return 1 if summary.failed_total else 0
 
@@ -236,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--workers", type=_workers,
                    help="local worker processes, >= 1 (default: one per core; ignored with --scheduler)")
     f.add_argument("--scheduler", help="tcp://host:port (or a scheduler file) of an existing Dask cluster")
+    f.add_argument("--cluster", choices=["slurm"],
+                   help="start the workers as SLURM jobs (dask-jobqueue; see README 'On a cluster')")
+    f.add_argument("--cluster-config", metavar="FILE.yaml",
+                   help="the `slurm:` block: cores, memory, walltime, queue, gpu, ... (with --cluster)")
     f.add_argument("--shard", help="i/n: this job's deterministic share of the videos")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(fn=cmd_features)

@@ -29,6 +29,8 @@ __all__ = ["Summary", "run_features", "write_manifest", "prepare_rows", "featuri
 
 # extractor modules the registry may not have imported yet (featurize/__init__ decides that)
 _EXTRACTOR_MODULES = ("faces", "mesh", "fer", "audio", "backbone")
+# extractors whose tasks ask for the Dask resource GPU=1 when GPU workers are kept apart
+GPU_EXTRACTORS = frozenset({"backbone"})
 # environment for CPU workers: one thread per process, one process per core
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
               "NUMBA_NUM_THREADS": "1"}
@@ -524,13 +526,19 @@ def _run_audio(row, info, specs, outs, attrs, registry, keep_partial=False) -> N
 
 # ---------------------------------------------------------------------------- the driver
 
-def dask_client(workers, scheduler):
-    """(client, cluster-or-None). scheduler: None = LocalCluster, 'tcp://...' = existing cluster."""
+def dask_client(workers, scheduler, cluster=None, n_videos: int = 0, need_gpu: bool = False):
+    """(client, cluster-or-None). scheduler: None = LocalCluster, 'tcp://...' = existing cluster;
+    cluster: a featurize.cluster.SlurmConfig -> SLURM jobs (dask-jobqueue) adapting to `n_videos`."""
     import dask
     from distributed import Client, LocalCluster
 
     if isinstance(scheduler, Client):          # the caller's client: used, not closed
         return scheduler, None
+    if cluster is not None:
+        from featurize.cluster import slurm_cluster
+
+        jobs = slurm_cluster(cluster, n_videos, need_gpu=need_gpu)
+        return Client(jobs), jobs
     if scheduler:
         if os.path.isfile(str(scheduler)):     # a --scheduler-file
             return Client(scheduler_file=str(scheduler)), None
@@ -571,7 +579,8 @@ def _plan_videos(rows, specs, handles):
 
 def run_features(rows, store_root, extractors, overrides: dict | None = None, workers: int | None = None,
                  scheduler: str | None = None, shard: tuple[int, int] | None = None,
-                 progress: bool = True, keep_partial: bool = False, echo: bool = True) -> Summary:
+                 progress: bool = True, keep_partial: bool = False, echo: bool = True, cluster=None,
+                 gpu_resource: bool | None = None) -> Summary:
     """Featurize `rows` into `store_root` with `extractors` (names; `overrides` {name: {field: value}}).
 
     scheduler: None -> a LocalCluster of `workers` (default: cores) single-threaded processes;
@@ -617,7 +626,10 @@ def run_features(rows, store_root, extractors, overrides: dict | None = None, wo
                 bar.update(1)
             bar.close()
         else:
-            _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, collect, handles)
+            if gpu_resource is None:
+                gpu_resource = getattr(cluster, "gpu", None) is not None
+            _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, collect, handles,
+                      cluster=cluster, gpu_resource=gpu_resource)
     summary.seconds = time.monotonic() - t0
     if echo:                # predict reports a failure itself, once
         print(summary, flush=True)
@@ -630,20 +642,42 @@ def _bar(total, progress):
     return tqdm(total=total, desc="featurize", unit="video", disable=not progress)
 
 
-def _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, collect, handles):
+def _split_gpu(todo) -> list[tuple]:
+    """(row, need, write, resources) per task: GPU extractors' work apart, asking for GPU=1
+    (crop-based ones run `faces` again there, without writing it), the rest as one CPU task."""
+    out = []
+    for row, need, write in todo:
+        gpu_w = [n for n in write if n in GPU_EXTRACTORS]
+        if not gpu_w:
+            out.append((row, need, write, None))
+            continue
+        for names, res in (([n for n in write if n not in gpu_w], None), (gpu_w, {"GPU": 1})):
+            if not names:
+                continue
+            part = [s for s in need if s.name in names]
+            if any(s.kind == "crops" for s in part) and not any(s.name == "faces" for s in part):
+                part = [s for s in need if s.name == "faces"] + part
+            out.append((row, part, names, res))
+    return out
+
+
+def _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, collect, handles,
+              cluster=None, gpu_resource=False):
     from distributed import as_completed
 
+    tasks = _split_gpu(todo) if gpu_resource else [(r, n, w, None) for r, n, w in todo]
     if not scheduler:  # no idle local workers: each one would load every model
         workers = min(int(workers or os.cpu_count() or 1), len(todo))
-    client, cluster = dask_client(workers, scheduler)
+    client, cluster = dask_client(workers, scheduler, cluster=cluster, n_videos=len(todo),
+                                  need_gpu=any(res for *_x, res in tasks))
     owned = client is not scheduler
     try:
-        _preload(client, todo)
+        _preload(client, tasks)
         futures = {}
-        for row, need, write in todo:
+        for row, need, write, res in tasks:
             fut = client.submit(featurize_video, row, need, str(store_root), write, keep_partial,
-                                key=f"featurize-{row['video_id']}-{os.getpid()}-{time.monotonic_ns()}",
-                                pure=False)
+                                key=f"featurize{'-gpu' if res else ''}-{row['video_id']}-{os.getpid()}-"
+                                    f"{time.monotonic_ns()}", pure=False, resources=res)
             futures[fut] = (row, need, write)
         bar = _bar(len(futures), progress)
         for fut in as_completed(futures):
@@ -692,6 +726,12 @@ def close_cluster(cluster, grace: float = SHUTDOWN_GRACE_S) -> None:
     """
     import asyncio
 
+    from distributed import LocalCluster
+
+    if not isinstance(cluster, LocalCluster):   # SLURM jobs: close() scancels them (featurize/cluster.py)
+        cluster.close()
+        return
+
     async def close_workers():
         await asyncio.gather(*(w.close(timeout=grace) for w in list(cluster.workers.values())),
                              return_exceptions=True)
@@ -720,14 +760,21 @@ def _release_models(client) -> None:
         pass
 
 
-def _preload(client, todo) -> None:
+def _preload(client, tasks) -> None:
     """Load the models on every worker before the first video, not inside its timing; a
-    worker that joins later loads them on its first task (get_cached)."""
-    specs = list({s.name: s for _row, need, _w in todo for s in need}.values())
+    worker that joins later loads them on its first task (get_cached). Workers without the
+    GPU resource never load a GPU task's model (no CUDA context in CPU workers)."""
+    cpu = list({s.name: s for _r, need, _w, res in tasks if not res for s in need}.values())
+    gpu = list({s.name: s for _r, need, _w, res in tasks if res for s in need}.values())
     n = len(client.scheduler_info().get("workers", {}))
-    print(f"loading models ({', '.join(s.name for s in specs)}) on {n} worker(s)", file=sys.stderr, flush=True)
+    print(f"loading models ({', '.join(dict.fromkeys(s.name for s in cpu + gpu))}) on {n} worker(s)",
+          file=sys.stderr, flush=True)
     try:
-        client.run(_load_models, specs)
+        info = client.scheduler_info().get("workers", {})
+        has_gpu = [a for a, w in info.items() if (w.get("resources") or {}).get("GPU")]
+        for specs, where in ((cpu, [a for a in info if a not in has_gpu]), (gpu, has_gpu)):
+            if specs and where:
+                client.run(_load_models, specs, workers=where)
     except Exception as e:  # noqa: BLE001  (the tasks load lazily and record their own errors)
         print(f"warning: preloading models on the workers failed ({_message(e)}); "
               "each task will load them", file=sys.stderr)

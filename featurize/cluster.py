@@ -1,0 +1,338 @@
+"""Dask workers as SLURM jobs (dask-jobqueue), from one YAML block.
+
+`emocache features --cluster slurm --cluster-config FILE.yaml` runs the same pipeline as a
+local run; only where the workers live changes. The block (under a top-level `slurm:` key;
+docs/cluster-slurm.yaml is the documented example the tests load):
+
+    cores, processes, memory, walltime, queue, account   -> one CPU job = `processes` workers
+    job_extra_directives, job_script_prologue            -> extra #SBATCH lines, `module load ...`
+    local_directory, log_directory, python, interface    -> worker scratch, job logs, scheduler NIC
+    minimum_jobs, maximum_jobs                           -> adapt(): jobs follow the videos left
+    lifetime, lifetime_stagger                           -> retire before walltime (see below)
+    gpu: {queue, gres, cores, memory, walltime, maximum_jobs, job_extra_directives}
+
+Walltime. SLURM kills a job at its walltime; to Dask that is a worker lost mid-task, and
+tasks that were on a worker that died count towards `KilledWorker`. Each worker is started
+with `--lifetime` (walltime minus a margin, default 20% capped at 10 min, at least 10 s)
+and `--lifetime-stagger`, so it retires on its own first: it stops taking tasks, its
+running video is rescheduled, it exits, its job ends, and `adapt` submits a new job while
+videos are left. We do not pass `--lifetime-restart`: it restarts the worker inside the
+same job, which then dies at walltime anyway. Dask's SpecCluster keeps a retired job's
+name in its plan, so `adapt` would see "enough workers" and never replace it; the cluster
+here forgets a job once its worker has left (measured on the test SLURM: a 1-minute
+walltime run of a ~3-minute corpus retired and replaced jobs until done).
+
+GPU workers apart. With `gpu:` configured, GPU jobs run their workers with
+`--resources GPU=1` and only `backbone` tasks ask for that resource (featurize/pipeline.py),
+so CPU jobs never build the model, never import CUDA; workers use the spawn start method.
+
+Worker environment is the local workers' one: WORKER_ENV thread pins exported in the job
+script, Dask's nanny told not to export MALLOC_TRIM_THRESHOLD_ (see pipeline.dask_client).
+The scheduler listens on 127.0.0.1 unless `interface` names the NIC that compute nodes
+reach (e.g. ib0): a single-node or login-node test needs nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import re
+import secrets
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from store.errors import InputError
+
+__all__ = ["SlurmConfig", "GpuConfig", "load_cluster_config", "parse_walltime", "slurm_cluster",
+           "worker_env_exports", "lifetime_args", "cancel_jobs", "job_script"]
+
+
+def parse_walltime(text) -> int:
+    """SLURM time formats -> seconds: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S (an int is minutes)."""
+    if isinstance(text, (int, float)):
+        return int(text * 60)
+    s = str(text).strip()
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", s)
+    if not m:
+        raise ValueError(f"walltime {text!r}: expected e.g. 01:00:00, 30, 1-12:00:00")
+    days, a, b, c = m.groups()
+    parts = [int(x) for x in (a, b, c) if x is not None]
+    if days is not None:  # D-H[:M[:S]]
+        h, mi, se = (parts + [0, 0])[:3]
+        return int(days) * 86400 + h * 3600 + mi * 60 + se
+    if len(parts) == 1:
+        return parts[0] * 60
+    if len(parts) == 2:
+        return parts[0] * 60 + parts[1]
+    return parts[0] * 3600 + parts[1] * 60 + parts[2]
+
+
+def _default_lifetime(walltime_s: int) -> tuple[int, int]:
+    """(lifetime, stagger) seconds: retire a margin before walltime (20%, at most 10 min,
+    at least 10 s); stagger a quarter of the margin so jobs started together do not all
+    retire in the same second."""
+    margin = max(10, min(600, int(walltime_s * 0.2)))
+    lifetime = max(5, walltime_s - margin)
+    return lifetime, max(1, margin // 4)
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    queue: str | None = None
+    gres: str = "gpu:1"
+    cores: int = 4
+    memory: str = "16GB"
+    walltime: str | None = None        # default: the CPU jobs' walltime
+    maximum_jobs: int = 1
+    job_extra_directives: tuple = ()
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    cores: int = 1
+    processes: int = 1                 # Dask workers per job, each with cores/processes threads
+    memory: str = "4GB"
+    walltime: str = "01:00:00"
+    queue: str | None = None
+    account: str | None = None
+    job_extra_directives: tuple = ()
+    job_script_prologue: tuple = ()
+    local_directory: str | None = None
+    log_directory: str | None = None
+    python: str | None = None
+    interface: str | None = None
+    minimum_jobs: int = 0
+    maximum_jobs: int = 4
+    lifetime: str | None = None        # SLURM time format; default from walltime (_default_lifetime)
+    lifetime_stagger: str | None = None
+    death_timeout: int = 120
+    gpu: GpuConfig | None = None
+    source: str = field(default="", compare=False)
+
+
+def _tuple(v, what, path):
+    if v is None:
+        return ()
+    if isinstance(v, str):
+        return (v,)
+    if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
+        raise InputError(path, "bad_config", f"{what} must be a list of strings, got {v!r}",
+                         f"e.g. {what}: [\"--qos=normal\"]")
+    return tuple(v)
+
+
+def _build(cls, block: dict, path, where: str):
+    names = {f.name for f in dataclasses.fields(cls)} - {"source"}
+    unknown = sorted(set(block) - names)
+    if unknown:
+        raise InputError(path, "bad_config", f"unknown key(s) in {where}: {', '.join(unknown)}",
+                         f"known: {', '.join(sorted(names))}")
+    kw = dict(block)
+    for k in ("job_extra_directives", "job_script_prologue"):
+        if k in kw:
+            kw[k] = _tuple(kw[k], f"{where}.{k}", path)
+    for k in ("cores", "processes", "minimum_jobs", "maximum_jobs", "death_timeout"):
+        if k in kw and not (isinstance(kw[k], int) and kw[k] >= 0):
+            raise InputError(path, "bad_config", f"{where}.{k} must be a whole number >= 0, got {kw[k]!r}",
+                             f"e.g. {k}: 4")
+    for k in ("walltime", "lifetime", "lifetime_stagger"):
+        if kw.get(k) is not None:
+            try:
+                parse_walltime(kw[k])
+            except ValueError as e:
+                raise InputError(path, "bad_config", f"{where}.{k}: {e}", "SLURM format, e.g. 01:00:00") from None
+            kw[k] = str(kw[k])
+    return cls(**kw)
+
+
+def load_cluster_config(path=None, overrides: dict | None = None) -> SlurmConfig:
+    """The `slurm:` block of a YAML file (or the whole file when it has no such key); no file
+    -> the defaults (one 1-core job per worker, 1 h walltime)."""
+    import yaml
+
+    block: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(p, "missing_file", "cluster config not found",
+                             "give a YAML file with a `slurm:` block (see docs/cluster-slurm.yaml)")
+        try:
+            doc = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InputError(p, "bad_config", f"not valid YAML: {e}".splitlines()[0], "fix the YAML syntax") from None
+        if not isinstance(doc, dict):
+            raise InputError(p, "bad_config", "expected a mapping with a `slurm:` block", "see the README's cluster example")
+        block = doc.get("slurm", doc)
+        if not isinstance(block, dict):
+            raise InputError(p, "bad_config", "`slurm:` must be a mapping", "see the README's cluster example")
+    block = {**block, **(overrides or {})}
+    gpu = block.pop("gpu", None)
+    cfg = _build(SlurmConfig, block, path or "<cluster defaults>", "slurm")
+    if gpu is not None:
+        if not isinstance(gpu, dict):
+            raise InputError(path, "bad_config", "slurm.gpu must be a mapping", "e.g. gpu: {queue: gpu, gres: 'gpu:1'}")
+        cfg = dataclasses.replace(cfg, gpu=_build(GpuConfig, gpu, path, "slurm.gpu"))
+    return dataclasses.replace(cfg, source=str(path or ""))
+
+
+def worker_env_exports(extra: dict | None = None) -> list[str]:
+    """Job-script lines that give a SLURM worker the local workers' environment: the thread
+    pins, and Dask's nanny config replaced so it does not export MALLOC_TRIM_THRESHOLD_
+    (dask_client's comment has the measurement), workers started with spawn."""
+    from featurize.pipeline import WORKER_ENV
+
+    env = dict(WORKER_ENV)
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        env["NUMBA_CACHE_DIR"] = os.environ["NUMBA_CACHE_DIR"]
+    for k in ("EMOCACHE_MODELS", "PYTHONPATH"):
+        if os.environ.get(k):
+            env[k] = os.environ[k]
+    env.update(extra or {})
+    lines = [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    lines.append("export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="
+                 + shlex.quote(repr(dict(WORKER_ENV))))
+    lines.append("export DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=spawn")
+    return lines
+
+
+def lifetime_args(cfg: SlurmConfig, walltime: str) -> list[str]:
+    """`dask worker` flags that retire a worker before `walltime` (cfg.lifetime and
+    cfg.lifetime_stagger, SLURM time format, override the defaults)."""
+    life, stagger = _default_lifetime(parse_walltime(walltime))
+    if cfg.lifetime is not None:
+        life = parse_walltime(cfg.lifetime)
+    if cfg.lifetime_stagger is not None:
+        stagger = parse_walltime(cfg.lifetime_stagger)
+    return ["--lifetime", f"{life}s", "--lifetime-stagger", f"{stagger}s"]
+
+
+def _job_kwargs(cfg: SlurmConfig, *, queue, cores, memory, walltime, processes, directives,
+                resources: dict | None, log_directory, job_name) -> dict:
+    extra_args = lifetime_args(cfg, walltime)
+    if resources:
+        extra_args += ["--resources", ",".join(f"{k}={v}" for k, v in resources.items())]
+    if cfg.interface is None:
+        extra_args += ["--host", "127.0.0.1"]
+    return dict(cores=cores, processes=processes, memory=memory, walltime=walltime, queue=queue,
+                account=cfg.account, job_extra_directives=list(directives),
+                job_script_prologue=worker_env_exports() + list(cfg.job_script_prologue),
+                local_directory=cfg.local_directory, log_directory=log_directory,
+                python=cfg.python, worker_extra_args=extra_args, death_timeout=cfg.death_timeout,
+                job_name=job_name)
+
+
+def _cpu_job_kwargs(cfg: SlurmConfig, job_name: str) -> dict:
+    log_dir = cfg.log_directory or os.path.join(os.getcwd(), "slurm-logs")
+    return _job_kwargs(cfg, queue=cfg.queue, cores=cfg.cores, memory=cfg.memory,
+                       walltime=cfg.walltime, processes=cfg.processes,
+                       directives=cfg.job_extra_directives, resources=None, log_directory=log_dir,
+                       job_name=job_name)
+
+
+def job_script(cfg: SlurmConfig, scheduler: str = "tcp://127.0.0.1:8786") -> str:
+    """The sbatch script one CPU worker job would get (for checking a config by eye)."""
+    from dask_jobqueue.slurm import SLURMJob
+
+    return SLURMJob(scheduler, name="worker", **_cpu_job_kwargs(cfg, "emocache")).job_script()
+
+
+def slurm_cluster(cfg: SlurmConfig, n_videos: int, need_gpu: bool = False):
+    """A started dask_jobqueue.SLURMCluster, adapting between cfg.minimum_jobs and as many
+    jobs as the videos can keep busy (at most cfg.maximum_jobs); GPU jobs (cfg.gpu) join
+    when `need_gpu` and there are GPU tasks waiting. Close it to cancel every job."""
+    from dask_jobqueue.slurm import SLURMJob
+
+    job_name = f"emocache-{os.getpid()}-{secrets.token_hex(3)}"   # this run's jobs, for the last scancel
+    cpu = _cpu_job_kwargs(cfg, job_name)
+    sched = {"dashboard_address": "127.0.0.1:0"}
+    if cfg.interface is None:
+        sched["host"] = "127.0.0.1"
+    gpu_spec = None
+    if need_gpu and cfg.gpu is not None:
+        g = cfg.gpu
+        gdir = list(g.job_extra_directives) + ([f"--gres={g.gres}"] if g.gres else [])
+        gkw = _job_kwargs(cfg, queue=g.queue, cores=g.cores, memory=g.memory,
+                          walltime=g.walltime or cfg.walltime, processes=1, directives=gdir,
+                          resources={"GPU": 1}, log_directory=cpu["log_directory"], job_name=job_name)
+        gpu_spec = {"cls": SLURMJob, "options": gkw}
+
+    cluster = _cluster_class()(interface=cfg.interface, scheduler_options=sched, **cpu)
+    cluster._job_name = job_name
+    cluster._gpu_spec = gpu_spec
+    cluster._gpu_max = cfg.gpu.maximum_jobs if gpu_spec else 0
+    jobs = max(1, math.ceil(n_videos / max(1, cfg.processes)))
+    maximum = max(cfg.minimum_jobs, min(cfg.maximum_jobs, jobs)) + cluster._gpu_max
+    cluster.adapt(minimum_jobs=cfg.minimum_jobs, maximum_jobs=maximum, wait_count=3, interval="1s")
+    return cluster
+
+
+def cancel_jobs(job_name: str | None) -> None:
+    """`scancel --name` of one run's jobs (no error when none are left or SLURM is gone)."""
+    import shutil
+    import subprocess
+
+    if job_name and shutil.which("scancel"):
+        subprocess.run(["scancel", f"--name={job_name}"], capture_output=True, timeout=60)
+
+
+@functools.lru_cache(maxsize=1)
+def _cluster_class():
+    from dask_jobqueue import SLURMCluster
+
+    class Cluster(SLURMCluster):
+        """SLURMCluster that (1) forgets a job once its workers left the scheduler, so adapt
+        replaces jobs retired at --lifetime or cancelled (Dask keeps their names in the plan
+        and would count them as running), and (2) adds GPU jobs first while fewer than
+        `_gpu_max` are planned."""
+        _gpu_spec = None
+        _gpu_max = 0
+        _job_name = None
+
+        async def _close(self):
+            """Cancel every job of this run, also ones dask-jobqueue no longer tracks (pending,
+            forgotten after retiring): on success, failure and Ctrl-C alike."""
+            try:
+                await super()._close()
+            finally:
+                cancel_jobs(self._job_name)
+
+        def _update_worker_status(self, op, msg):
+            if op == "remove":
+                info = self.scheduler_info.get("workers", {}).get(msg)
+                name = info.get("name") if info else None
+                super()._update_worker_status(op, msg)
+                job = self._job_of(name)
+                if job is not None and job in self.worker_spec:
+                    alive = {str(w.get("name")) for w in self.scheduler_info.get("workers", {}).values()}
+                    members = self._members(job)
+                    if not members & alive:
+                        del self.worker_spec[job]
+                return
+            super()._update_worker_status(op, msg)
+
+        def _members(self, job) -> set:
+            spec = self.worker_spec.get(job, {})
+            return {f"{job}{s}" for s in spec["group"]} if "group" in spec else {str(job)}
+
+        def _job_of(self, worker_name):
+            if worker_name is None:
+                return None
+            for job in self.worker_spec:
+                if str(worker_name) in self._members(job):
+                    return job
+            return None
+
+        def new_worker_spec(self):
+            if self._gpu_spec is not None:
+                planned = sum(1 for n in self.worker_spec if str(n).startswith("gpu-"))
+                if planned < self._gpu_max:
+                    i = 0
+                    while f"gpu-{i}" in self.worker_spec or f"gpu-{i}" in self.workers:
+                        i += 1
+                    return {f"gpu-{i}": self._gpu_spec}
+            return super().new_worker_spec()
+
+    return Cluster
+

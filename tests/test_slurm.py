@@ -1,0 +1,164 @@
+"""`--cluster slurm` against a real SLURM (the `slurm` fixture: munged, slurmctld, slurmd on
+localhost): the store equals a local run's, walltime retirements lose nothing, a cancelled
+worker job's videos are rescheduled, and all jobs are gone at the end.
+
+Audio-only extractors (logmel, mfcc): the point is scheduling. Long wavs hard-linked under
+many names give tasks of a few seconds each without writing much to disk."""
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featurize import datasets
+from featurize.cluster import job_script, load_cluster_config
+from featurize.demo import write_demo_corpus
+from featurize.pipeline import run_features
+from store.reader import manifest_rows
+from test_dask_cluster import assert_same_arrays
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "docs" / "cluster-slurm.yaml"
+AUDIO = ["logmel", "mfcc"]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+def _config(tmp_path, **over):
+    return load_cluster_config(EXAMPLE, {"log_directory": str(tmp_path / "slurm-logs"), **over})
+
+
+def _wav_corpus(folder: Path, n: int, seconds: int = 300) -> list[dict]:
+    """`n` names for one `seconds`-long wav (~2.6 s of logmel+mfcc each on this machine)."""
+    import soundfile as sf
+
+    folder.mkdir(parents=True)
+    sr = 16000
+    t = np.arange(sr * seconds) / sr
+    x = (0.3 * np.sin(2 * np.pi * (200 + 50 * np.sin(t / 7)) * t)).astype(np.float32)
+    sf.write(folder / "a000.wav", x, sr, subtype="PCM_16")
+    for i in range(1, n):
+        os.link(folder / "a000.wav", folder / f"a{i:03d}.wav")
+    return datasets.build("generic", folder)
+
+
+class QueueWatch:
+    """Polls squeue while a run goes on: every job of ours seen, and its states."""
+
+    def __init__(self, slurm, every=0.5):
+        self.slurm, self.every, self.seen = slurm, every, {}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while not self._stop.is_set():
+            for j in self.slurm.jobs():
+                if j["name"].startswith("emocache-"):
+                    self.seen.setdefault(j["id"], set()).add(j["state"])
+            self._stop.wait(self.every)
+
+    def running(self):
+        return [j for j, states in self.seen.items() if "RUNNING" in states]
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join(5)
+
+
+def _ours_left(slurm):
+    return [j for j in slurm.jobs() if j["name"].startswith("emocache-")]
+
+
+def _final_states(slurm, ids):
+    return {j["id"]: j["state"] for j in slurm.all_jobs() if j["id"] in ids}
+
+
+def _assert_one_line_each(store, keys, rows):
+    for name, key in keys.items():
+        ids = [m["video_id"] for m in manifest_rows(store, name, key)]
+        assert sorted(ids) == sorted(r["video_id"] for r in rows), name   # each once: none lost, none redone
+
+
+def test_example_config_loads():
+    cfg = load_cluster_config(EXAMPLE)
+    assert cfg.walltime == "00:30:00" and cfg.maximum_jobs == 2 and cfg.gpu is None
+
+
+def test_slurm_store_equals_local_run(slurm, tmp_path):
+    corpus = tmp_path / "demo"
+    write_demo_corpus(corpus, n=3, seconds=2.0, seed=5)
+    rows = datasets.build("demo", corpus)
+    # the local run: a LocalCluster, whose workers have the same thread pins as the SLURM jobs
+    # (an in-process run with multi-threaded BLAS differs from both in the last float16 bit)
+    ref = run_features(rows, tmp_path / "local", AUDIO, workers=1, progress=False)
+    with QueueWatch(slurm) as watch:
+        s = run_features(rows, tmp_path / "slurm", AUDIO, cluster=_config(tmp_path), progress=False)
+    assert s.failed_total == 0 and s.done == 3 * len(AUDIO)
+    assert watch.running(), f"no job seen running in squeue: {watch.seen}"
+    assert_same_arrays(tmp_path / "local", tmp_path / "slurm", ref.keys, rows)
+    assert _ours_left(slurm) == []          # every job cancelled at the end
+    assert list((tmp_path / "slurm-logs").glob("emocache-*.err")), "no job logs in log_directory"
+
+
+def test_job_script_has_the_local_worker_environment(tmp_path):
+    """Thread pins exported, the nanny's pre-spawn environment replaced (no
+    MALLOC_TRIM_THRESHOLD_), lifetime before walltime, scheduler on 127.0.0.1."""
+    text = job_script(_config(tmp_path, walltime="00:01:00"))
+    assert "export OMP_NUM_THREADS=1" in text and "MALLOC_TRIM" not in text
+    assert "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON=" in text
+    assert "--lifetime 48s --lifetime-stagger 3s" in text and "--lifetime-restart" not in text
+    assert "#SBATCH -t 00:01:00" in text and "--host 127.0.0.1" in text
+
+
+def test_walltime_one_minute_loses_nothing(slurm, tmp_path):
+    """Walltime 1 min, a corpus needing ~3 min of one worker: workers retire at their
+    lifetime (48 +- 3 s), adapt starts new jobs, no job reaches TIMEOUT, every video is in
+    the store exactly once."""
+    rows = _wav_corpus(tmp_path / "wavs", 64)
+    cfg = _config(tmp_path, walltime="00:01:00", maximum_jobs=2)
+    t0 = time.monotonic()
+    with QueueWatch(slurm) as watch:
+        s = run_features(rows, tmp_path / "store", AUDIO, cluster=cfg, progress=False)
+    took = time.monotonic() - t0
+    assert s.failed_total == 0, str(s)
+    assert s.done == len(rows) * len(AUDIO)
+    _assert_one_line_each(tmp_path / "store", s.keys, rows)
+    states = _final_states(slurm, set(watch.seen))
+    print(f"walltime run: {took:.0f} s, {len(watch.seen)} jobs: {states}")
+    assert len(watch.running()) >= 3, f"expected retired jobs to be replaced: {watch.seen}"
+    assert "TIMEOUT" not in states.values(), states
+    assert _ours_left(slurm) == []
+
+
+def test_scancel_of_a_running_worker_job(slurm, tmp_path):
+    rows = _wav_corpus(tmp_path / "wavs", 16)
+    cfg = _config(tmp_path, maximum_jobs=2)
+    store = tmp_path / "store"
+    cancelled = []
+
+    def cancel_one(watch):
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            done = list((store / "features").glob("logmel/*/manifest.jsonl"))
+            running = watch.running()
+            if running and done and done[0].read_text().count("\n") >= 2:
+                slurm.run("scancel", running[0])
+                cancelled.append(running[0])
+                return
+            time.sleep(0.3)
+
+    with QueueWatch(slurm) as watch:
+        t = threading.Thread(target=cancel_one, args=(watch,), daemon=True)
+        t.start()
+        s = run_features(rows, store, AUDIO, cluster=cfg, progress=False)
+        t.join(5)
+    assert cancelled, "no running job to cancel was seen"
+    assert _final_states(slurm, set(cancelled))[cancelled[0]] == "CANCELLED"
+    assert s.failed_total == 0, str(s)
+    _assert_one_line_each(store, s.keys, rows)
+    assert _ours_left(slurm) == []
