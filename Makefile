@@ -1,7 +1,8 @@
 # emocache — every target installs what it needs itself.
 #   make demo                      synthetic corpus -> features -> train abaw2 (CPU, a few minutes)
 #   make test                      the test suite
-#   make features [INPUT= DATASET= STORE= SCHEDULER= WORKERS= EXTRACTORS= SHARD= PARAMS="faces.margin=0.3 backbone.source=frames"]
+#   make features [INPUT= DATASET= STORE= SCHEDULER= WORKERS= EXTRACTORS= SHARD= PARAMS="faces.margin=0.3 backbone.source=frames"
+#                  CLUSTER=slurm CLUSTER_CONFIG=docs/cluster-slurm.yaml]
 #   make train EXP=abaw2|eri|avcpnet|demo|emodb [STORE= RUNS= SET="a.b=c ..."]
 #   make bench [BENCH_ARGS=--quick] CPU benchmarks (niced): benchmarks/results/<date>-<sha>.json + .md
 #   make bench-gpu / make test-gpu  the GPU benchmark script / the `gpu`-marked tests (skip without CUDA)
@@ -31,6 +32,8 @@ WORKERS ?=
 SCHEDULER ?=
 SHARD ?=
 PARAMS ?=
+CLUSTER ?=
+CLUSTER_CONFIG ?=
 SET ?=
 
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
@@ -76,7 +79,8 @@ demo: demo-features
 features: install models $(if $(filter $(INPUT),$(DEMO_DIR)/corpus),demo-data)
 	$(EMOCACHE) features --input $(INPUT) --dataset $(DATASET) --store $(STORE) --extractors $(EXTRACTORS) \
 		$(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(SHARD),--shard $(SHARD)) \
-		$(foreach p,$(PARAMS),--param '$(p)')
+		$(foreach p,$(PARAMS),--param '$(p)') \
+		$(if $(CLUSTER),--cluster $(CLUSTER)) $(if $(CLUSTER_CONFIG),--cluster-config $(CLUSTER_CONFIG))
 
 # On the default (demo) store the published studies run as their demo variants.
 DEMO_STUDY_abaw2 := demo

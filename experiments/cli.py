@@ -133,6 +133,26 @@ def cmd_features(a) -> int:
     return 1 if summary.failed_total else 0
 
 
+def cmd_slurm_script(a) -> int:
+    from featurize.cluster import array_script, load_cluster_config
+
+    cfg = load_cluster_config(a.cluster_config)
+    args = ["--input", str(Path(a.input).resolve()), "--store", str(Path(a.store).resolve()),
+            "--extractors", a.extractors]
+    for flag, value in (("--dataset", a.dataset), ("--name", a.name)):
+        if value:
+            args += [flag, value]
+    for p in a.param or []:
+        args += ["--param", p]
+    text = array_script(cfg, a.shards, args)
+    logs = next(line.split(None, 2)[2] for line in text.splitlines() if line.startswith("#SBATCH -o"))
+    Path(logs).parent.mkdir(parents=True, exist_ok=True)   # sbatch opens -o before the script runs
+    Path(a.out).write_text(text)
+    os.chmod(a.out, 0o755)
+    print(f"wrote {a.out}: sbatch {a.out} runs {a.shards} array task(s), --shard i/{a.shards} each")
+    return 0
+
+
 def cmd_verify(a) -> int:
     from store.verify import verify
 
@@ -250,6 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--shard", help="i/n: this job's deterministic share of the videos")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(fn=cmd_features)
+
+    j = sub.add_parser("slurm-script", help="write an sbatch job-array script: one `features --shard i/N` per task")
+    j.add_argument("--shards", type=_workers, required=True, help="array tasks N (>= 1)")
+    j.add_argument("--out", default="emocache-array.sh", help="script to write (default: %(default)s)")
+    j.add_argument("--cluster-config", metavar="FILE.yaml", help="the `slurm:` block (resources per task)")
+    j.add_argument("--input", required=True, help="as for features")
+    j.add_argument("--store", required=True, help="as for features: every task writes into it")
+    j.add_argument("--dataset", type=_dataset, help="as for features")
+    j.add_argument("--name", help="as for features")
+    j.add_argument("--extractors", default="faces,mesh,fer,logmel,mfcc", help="as for features")
+    j.add_argument("--param", action="append", metavar="EXTRACTOR.FIELD=VALUE", help="as for features")
+    j.set_defaults(fn=cmd_slurm_script)
 
     v = sub.add_parser("verify", help="read every finished entry and check it")
     v.add_argument("--store", required=True, type=_store, help="feature store folder to check")

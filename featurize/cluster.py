@@ -13,7 +13,7 @@ docs/cluster-slurm.yaml is the documented example the tests load):
 
 Walltime. SLURM kills a job at its walltime; to Dask that is a worker lost mid-task, and
 tasks that were on a worker that died count towards `KilledWorker`. Each worker is started
-with `--lifetime` (walltime minus a margin, default 20% capped at 10 min, at least 10 s)
+with `--lifetime` (walltime minus a margin, default 20% capped at 10 min, at least 30 s)
 and `--lifetime-stagger`, so it retires on its own first: it stops taking tasks, its
 running video is rescheduled, it exits, its job ends, and `adapt` submits a new job while
 videos are left. We do not pass `--lifetime-restart`: it restarts the worker inside the
@@ -46,7 +46,7 @@ from pathlib import Path
 from store.errors import InputError
 
 __all__ = ["SlurmConfig", "GpuConfig", "load_cluster_config", "parse_walltime", "slurm_cluster",
-           "worker_env_exports", "lifetime_args", "cancel_jobs", "job_script"]
+           "worker_env_exports", "lifetime_args", "cancel_jobs", "job_script", "array_script"]
 
 
 def parse_walltime(text) -> int:
@@ -71,9 +71,10 @@ def parse_walltime(text) -> int:
 
 def _default_lifetime(walltime_s: int) -> tuple[int, int]:
     """(lifetime, stagger) seconds: retire a margin before walltime (20%, at most 10 min,
-    at least 10 s); stagger a quarter of the margin so jobs started together do not all
-    retire in the same second."""
-    margin = max(10, min(600, int(walltime_s * 0.2)))
+    at least 30 s: the lifetime runs from the worker's start, which on the loaded test node
+    came 10-15 s after the job's); stagger a quarter of the margin so jobs started together
+    do not all retire in the same second."""
+    margin = max(30, min(600, int(walltime_s * 0.2)))
     lifetime = max(5, walltime_s - margin)
     return lifetime, max(1, margin // 4)
 
@@ -266,6 +267,38 @@ def slurm_cluster(cfg: SlurmConfig, n_videos: int, need_gpu: bool = False):
     maximum = max(cfg.minimum_jobs, min(cfg.maximum_jobs, jobs)) + cluster._gpu_max
     cluster.adapt(minimum_jobs=cfg.minimum_jobs, maximum_jobs=maximum, wait_count=3, interval="1s")
     return cluster
+
+
+def array_script(cfg: SlurmConfig, shards: int, features_args: list[str], log_directory=None) -> str:
+    """An sbatch script for sites without long-lived schedulers: `--array=0-(shards-1)`, each
+    task runs `emocache features ... --shard $SLURM_ARRAY_TASK_ID/shards` on its own cores
+    (a LocalCluster of --cpus-per-task workers) into the same store. Shards are disjoint
+    (video ids sorted, index % n); a requeued or replayed task finds its done videos in the
+    store and skips them, and the store's one-writer-per-video claim keeps two tasks off
+    one video. Resources, partition, account, extra directives and prologue from `cfg`."""
+    import sys
+
+    from dask_jobqueue.slurm import slurm_format_bytes_ceil
+    from dask.utils import parse_bytes
+
+    if shards < 1:
+        raise ValueError(f"shards={shards}: need >= 1")
+    logs = Path(log_directory or cfg.log_directory or os.path.join(os.getcwd(), "slurm-logs")).resolve()
+    head = ["#!/usr/bin/env bash", "#SBATCH -J emocache-array", f"#SBATCH --array=0-{shards - 1}",
+            "#SBATCH -n 1", f"#SBATCH --cpus-per-task={cfg.cores}",
+            f"#SBATCH --mem={slurm_format_bytes_ceil(parse_bytes(cfg.memory))}", f"#SBATCH -t {cfg.walltime}",
+            f"#SBATCH -o {logs}/emocache-array-%A_%a.out", f"#SBATCH -e {logs}/emocache-array-%A_%a.err"]
+    if cfg.queue:
+        head.append(f"#SBATCH -p {cfg.queue}")
+    if cfg.account:
+        head.append(f"#SBATCH -A {cfg.account}")
+    head += [f"#SBATCH {d}" for d in cfg.job_extra_directives]
+    python = cfg.python or sys.executable
+    cmd = [shlex.quote(python), "-m", "experiments.cli", "features", *map(shlex.quote, features_args),
+           "--shard", f'"$SLURM_ARRAY_TASK_ID/{shards}"', "--workers", '"${SLURM_CPUS_PER_TASK:-1}"', "--quiet"]
+    body = ["set -euo pipefail", f"mkdir -p {shlex.quote(str(logs))}", *cfg.job_script_prologue,
+            *worker_env_exports(), f"cd {shlex.quote(os.getcwd())}", "exec " + " ".join(cmd)]
+    return "\n".join(head + [""] + body) + "\n"
 
 
 def cancel_jobs(job_name: str | None) -> None:

@@ -185,9 +185,9 @@ class LocalSlurm:
         return " | ".join(out)
 
     # ------------------------------------------------------------------ use
-    def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess:
+    def _run(self, tool: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
         return subprocess.run([self.bins[tool], *args], env=self.env, capture_output=True, text=True,
-                              timeout=30)
+                              timeout=timeout)
 
     def node_state(self) -> str:
         r = self._run("sinfo", "-h", "-N", "-o", "%T")
@@ -208,8 +208,8 @@ class LocalSlurm:
                 out.append({"id": f["JobId"], "name": f.get("JobName", ""), "state": f.get("JobState", "")})
         return out
 
-    def run(self, tool: str, *args: str) -> subprocess.CompletedProcess:
-        return self._run(tool, *args)
+    def run(self, tool: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return self._run(tool, *args, timeout=timeout)
 
     # ------------------------------------------------------------------ teardown
     def stop(self) -> None:

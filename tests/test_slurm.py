@@ -5,6 +5,8 @@ worker job's videos are rescheduled, and all jobs are gone at the end.
 Audio-only extractors (logmel, mfcc): the point is scheduling. Long wavs hard-linked under
 many names give tasks of a few seconds each without writing much to disk."""
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -29,8 +31,8 @@ def _config(tmp_path, **over):
     return load_cluster_config(EXAMPLE, {"log_directory": str(tmp_path / "slurm-logs"), **over})
 
 
-def _wav_corpus(folder: Path, n: int, seconds: int = 300) -> list[dict]:
-    """`n` names for one `seconds`-long wav (~2.6 s of logmel+mfcc each on this machine)."""
+def _wav_corpus(folder: Path, n: int, seconds: int = 60) -> list[dict]:
+    """`n` names for one `seconds`-long wav (5 min: ~2.6 s of logmel+mfcc on this machine)."""
     import soundfile as sf
 
     folder.mkdir(parents=True)
@@ -89,18 +91,26 @@ def test_example_config_loads():
     assert cfg.walltime == "00:30:00" and cfg.maximum_jobs == 2 and cfg.gpu is None
 
 
-def test_slurm_store_equals_local_run(slurm, tmp_path):
-    corpus = tmp_path / "demo"
-    write_demo_corpus(corpus, n=3, seconds=2.0, seed=5)
-    rows = datasets.build("demo", corpus)
-    # the local run: a LocalCluster, whose workers have the same thread pins as the SLURM jobs
-    # (an in-process run with multi-threaded BLAS differs from both in the last float16 bit)
-    ref = run_features(rows, tmp_path / "local", AUDIO, workers=1, progress=False)
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A 4-clip demo corpus and its local run: a LocalCluster, whose workers have the thread
+    pins the SLURM jobs get (an in-process run with multi-threaded BLAS differs from both in
+    the last float16 bit of mfcc)."""
+    root = tmp_path_factory.mktemp("demo")
+    write_demo_corpus(root / "corpus", n=4, seconds=2.0, seed=5)
+    rows = datasets.build("demo", root / "corpus")
+    ref = run_features(rows, root / "local", AUDIO, workers=1, progress=False)
+    assert ref.failed_total == 0
+    return root, rows, ref.keys
+
+
+def test_slurm_store_equals_local_run(slurm, demo, tmp_path):
+    root, rows, keys = demo
     with QueueWatch(slurm) as watch:
         s = run_features(rows, tmp_path / "slurm", AUDIO, cluster=_config(tmp_path), progress=False)
-    assert s.failed_total == 0 and s.done == 3 * len(AUDIO)
+    assert s.failed_total == 0 and s.done == len(rows) * len(AUDIO)
     assert watch.running(), f"no job seen running in squeue: {watch.seen}"
-    assert_same_arrays(tmp_path / "local", tmp_path / "slurm", ref.keys, rows)
+    assert_same_arrays(root / "local", tmp_path / "slurm", keys, rows)
     assert _ours_left(slurm) == []          # every job cancelled at the end
     assert list((tmp_path / "slurm-logs").glob("emocache-*.err")), "no job logs in log_directory"
 
@@ -111,16 +121,16 @@ def test_job_script_has_the_local_worker_environment(tmp_path):
     text = job_script(_config(tmp_path, walltime="00:01:00"))
     assert "export OMP_NUM_THREADS=1" in text and "MALLOC_TRIM" not in text
     assert "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON=" in text
-    assert "--lifetime 48s --lifetime-stagger 3s" in text and "--lifetime-restart" not in text
+    assert "--lifetime 30s --lifetime-stagger 7s" in text and "--lifetime-restart" not in text
     assert "#SBATCH -t 00:01:00" in text and "--host 127.0.0.1" in text
 
 
 def test_walltime_one_minute_loses_nothing(slurm, tmp_path):
-    """Walltime 1 min, a corpus needing ~3 min of one worker: workers retire at their
-    lifetime (48 +- 3 s), adapt starts new jobs, no job reaches TIMEOUT, every video is in
-    the store exactly once."""
-    rows = _wav_corpus(tmp_path / "wavs", 64)
-    cfg = _config(tmp_path, walltime="00:01:00", maximum_jobs=2)
+    """Walltime 1 min, one job at a time, a corpus needing ~2-3 min of it (100 one-minute
+    wavs, ~0.6 s each plus the job's start): workers retire at their lifetime (30 +- 7 s),
+    adapt starts the next job, no job reaches TIMEOUT, every video is in the store once."""
+    rows = _wav_corpus(tmp_path / "wavs", 100, seconds=60)
+    cfg = _config(tmp_path, walltime="00:01:00", maximum_jobs=1)
     t0 = time.monotonic()
     with QueueWatch(slurm) as watch:
         s = run_features(rows, tmp_path / "store", AUDIO, cluster=cfg, progress=False)
@@ -130,13 +140,16 @@ def test_walltime_one_minute_loses_nothing(slurm, tmp_path):
     _assert_one_line_each(tmp_path / "store", s.keys, rows)
     states = _final_states(slurm, set(watch.seen))
     print(f"walltime run: {took:.0f} s, {len(watch.seen)} jobs: {states}")
-    assert len(watch.running()) >= 3, f"expected retired jobs to be replaced: {watch.seen}"
+    retired = sum(p.read_text().count("worker-lifetime-reached") > 0
+                  for p in (tmp_path / "slurm-logs").glob("emocache-*.err"))
+    print(f"walltime run: {retired} worker(s) retired at --lifetime")
+    assert retired >= 1 and len(watch.running()) >= 2, f"no retirement replaced: {watch.seen}"
     assert "TIMEOUT" not in states.values(), states
     assert _ours_left(slurm) == []
 
 
 def test_scancel_of_a_running_worker_job(slurm, tmp_path):
-    rows = _wav_corpus(tmp_path / "wavs", 16)
+    rows = _wav_corpus(tmp_path / "wavs", 24, seconds=60)
     cfg = _config(tmp_path, maximum_jobs=2)
     store = tmp_path / "store"
     cancelled = []
@@ -146,7 +159,7 @@ def test_scancel_of_a_running_worker_job(slurm, tmp_path):
         while time.monotonic() < deadline:
             done = list((store / "features").glob("logmel/*/manifest.jsonl"))
             running = watch.running()
-            if running and done and done[0].read_text().count("\n") >= 2:
+            if running and done and done[0].read_text().count("\n") >= 3:
                 slurm.run("scancel", running[0])
                 cancelled.append(running[0])
                 return
@@ -162,3 +175,26 @@ def test_scancel_of_a_running_worker_job(slurm, tmp_path):
     assert s.failed_total == 0, str(s)
     _assert_one_line_each(store, s.keys, rows)
     assert _ours_left(slurm) == []
+
+
+def test_job_array_script(slurm, demo, tmp_path):
+    """`emocache slurm-script --shards 2` -> sbatch --array=0-1; both tasks write their shard
+    into one store, which then equals the local run's."""
+    root, rows, keys = demo
+    script, store = tmp_path / "array.sh", tmp_path / "store"
+    cli = [sys.executable, "-m", "experiments.cli"]
+    r = subprocess.run([*cli, "slurm-script", "--shards", "2", "--out", str(script),
+                        "--cluster-config", str(EXAMPLE), "--input", str(root / "corpus"),
+                        "--store", str(store), "--extractors", ",".join(AUDIO)],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = script.read_text()
+    assert "#SBATCH --array=0-1" in text and '--shard "$SLURM_ARRAY_TASK_ID/2"' in text
+    sub = slurm.run("sbatch", "--wait", "--parsable", str(script), timeout=300)
+    job = sub.stdout.strip().split(";")[0]
+    logs = sorted((tmp_path / "slurm-logs").glob(f"emocache-array-{job}_*.out"))
+    assert sub.returncode == 0, (sub.stderr, [p.read_text()[-500:] for p in logs])
+    assert len(logs) == 2                                   # two array tasks ran
+    states = {j["id"]: j["state"] for j in slurm.all_jobs() if j["id"].startswith(f"{job}_")}
+    assert sorted(states) == [f"{job}_0", f"{job}_1"] and set(states.values()) == {"COMPLETED"}, states
+    assert_same_arrays(root / "local", store, keys, rows)
