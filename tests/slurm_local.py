@@ -204,8 +204,9 @@ class LocalSlurm:
         out = []
         for line in r.stdout.splitlines():
             f = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
-            if "JobId" in f:
-                out.append({"id": f["JobId"], "name": f.get("JobName", ""), "state": f.get("JobState", "")})
+            if "JobId" in f:   # an array task is ARRAYJOB_TASK, as squeue names it
+                jid = (f"{f['ArrayJobId']}_{f['ArrayTaskId']}" if f.get("ArrayTaskId") else f["JobId"])
+                out.append({"id": jid, "name": f.get("JobName", ""), "state": f.get("JobState", "")})
         return out
 
     def run(self, tool: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
