@@ -47,6 +47,18 @@ def assert_same_arrays(store_a, store_b, keys, rows):
             assert attrs_a == attrs_b
 
 
+def stop_processes(procs) -> None:
+    """Terminate `dask` processes (workers first), killing any that outlive 20 s."""
+    for p in reversed(procs):
+        p.terminate()
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def _wait_for_workers(sched_file: Path, n: int, procs, timeout=120):
     from distributed import Client
 
@@ -88,14 +100,7 @@ def test_external_cluster_equals_inline(rows, reference, tmp_path):
         with Client(address) as c:
             assert len(c.scheduler_info()["workers"]) == 2
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in reversed(procs):
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs)
         logs.close()
 
 

@@ -12,7 +12,7 @@ import pytest
 from featurize import datasets
 from featurize.demo import write_demo_corpus
 from featurize.pipeline import _split_gpu, run_features
-from test_dask_cluster import _wait_for_workers
+from test_dask_cluster import _wait_for_workers, stop_processes
 
 pytestmark = pytest.mark.cluster
 BIN = Path(sys.executable).parent
@@ -65,14 +65,7 @@ def test_backbone_tasks_only_on_the_gpu_worker(tmp_path):
             assert "backbone" not in built[names["cpu"]]             # the model never built there
             assert "backbone" in built[names["gpu"]]
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in reversed(procs):
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs)
         logs.close()
 
 
