@@ -17,7 +17,7 @@ import torch.nn as nn
 from .layers import PreNormEncoder, masked_mean, sinusoidal_positions
 from .tcn import TemporalConvNet
 
-__all__ = ["SequenceClassifier"]
+__all__ = ["SequenceClassifier", "MelCNN", "AttentiveStats"]
 
 
 class DilatedConvEncoder(nn.Module):
@@ -35,16 +35,19 @@ class DilatedConvEncoder(nn.Module):
                           nn.BatchNorm1d(hidden), nn.GELU(), nn.Dropout(dropout))
             for i in range(depth))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, every: bool = False):
+        """[B, T, D] -> [B, T, hidden]; ``every``: the list of every block's output instead."""
         m = None if mask is None else mask.unsqueeze(1).to(x.dtype)     # [B, 1, T]
         h = self.inp(x.transpose(1, 2))
         if m is not None:
             h = h * m
+        outs = []
         for block in self.blocks:
             h = h + block(h)
             if m is not None:
                 h = h * m
-        return h.transpose(1, 2)
+            outs.append(h.transpose(1, 2))
+        return outs if every else outs[-1] if outs else h.transpose(1, 2)
 
 
 def masked_mean_std(h: torch.Tensor, mask: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
@@ -54,22 +57,83 @@ def masked_mean_std(h: torch.Tensor, mask: torch.Tensor | None, eps: float = 1e-
     return torch.cat([mu, var.clamp_min(eps).sqrt()], dim=-1)
 
 
+class AttentiveStats(nn.Module):
+    """Attentive statistics pooling: a small MLP scores every step, softmax over the valid
+    steps, then the weighted mean and standard deviation: [B, T, C] -> [B, 2C]."""
+
+    def __init__(self, dim: int, hidden: int = 64):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
+        a = self.score(h).squeeze(-1).float()
+        if mask is not None:
+            a = a.masked_fill(~mask, float("-inf"))
+        w = torch.softmax(a, dim=1).to(h.dtype).unsqueeze(-1)
+        mu = (w * h).sum(1)
+        var = (w * (h - mu.unsqueeze(1)) ** 2).sum(1)
+        return torch.cat([mu, var.clamp_min(eps).sqrt()], dim=-1)
+
+
+class MelCNN(nn.Module):
+    """A 2-D CNN front end on the first ``bands`` input dims (a log-mel image [bands, T]):
+    ``blocks`` x (Conv2d 3x3 -> BatchNorm -> GELU -> MaxPool 2 over frequency only), then the
+    channels x remaining bands are flattened per step and projected to ``out_dim``. Time is
+    never pooled, so the sequence keeps its length and mask; the other input dims (MFCCs,
+    LLDs) are appended to the projection unchanged: [B, T, D] -> [B, T, out_dim + D - bands]."""
+
+    def __init__(self, bands: int, channels: int = 16, blocks: int = 3, out_dim: int = 64):
+        super().__init__()
+        layers, c_in, f = [], 1, bands
+        for i in range(blocks):
+            c = channels * 2 ** min(i, 2)
+            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.GELU(), nn.MaxPool2d((2, 1))]
+            c_in, f = c, f // 2
+        if f < 1:
+            raise ValueError(f"{blocks} frequency poolings leave nothing of {bands} bands")
+        self.bands = bands
+        self.net = nn.Sequential(*layers)
+        self.proj = nn.Linear(c_in * f, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        img = x[..., :self.bands].transpose(1, 2).unsqueeze(1)           # [B, 1, F, T]
+        h = self.net(img)                                                # [B, C, F', T]
+        h = h.flatten(1, 2).transpose(1, 2)                              # [B, T, C*F']
+        return torch.cat([self.proj(h), x[..., self.bands:]], dim=-1)
+
+
 class SequenceClassifier(nn.Module):
     """``model(x [B,T,D], mask=None) -> [B, n_classes]`` logits.
 
     ``encoder="tcn"``: ``depth`` causal levels of width ``hidden`` (kernel ``kernel_size``).
     ``encoder="conv"``: ``depth`` non-causal residual dilated conv blocks (`DilatedConvEncoder`).
     ``encoder="transformer"``: Linear to ``hidden``, sine positions, ``depth`` pre-LN blocks.
-    ``pool``: "mean" or "meanstd" (mean and standard deviation over time, 2 x hidden).
+    ``pool``: "mean", "meanstd" (mean and standard deviation over time, 2 x hidden) or
+    "attn" (attentive statistics, `AttentiveStats`).
+    ``multiscale`` (conv encoder): pool the output of every block, not only the last, and
+    concatenate (depth x the pooled width): short and long receptive fields both reach the
+    classifier. ``input_stats``: also pool the (standardised) input itself with mean+std, the
+    head's own version of the classical functionals baseline, concatenated before the norm.
+    ``mel_bands`` > 0: a `MelCNN` 2-D front end on the first that many input dims
+    (``cnn_channels``, ``cnn_blocks``), its projection of width ``hidden`` feeding the encoder.
     """
 
     def __init__(self, input_dim: int, n_classes: int, encoder: str = "tcn", hidden: int = 128, depth: int = 3,
-                 heads: int = 4, kernel_size: int = 3, dropout: float = 0.1, pool: str = "mean"):
+                 heads: int = 4, kernel_size: int = 3, dropout: float = 0.1, pool: str = "mean",
+                 multiscale: bool = False, input_stats: bool = False, mel_bands: int = 0,
+                 cnn_channels: int = 16, cnn_blocks: int = 3):
         super().__init__()
         self.kind = encoder
-        if pool not in ("mean", "meanstd"):
-            raise ValueError(f"pool must be 'mean' or 'meanstd', not {pool!r}")
-        self.pool = pool
+        if pool not in ("mean", "meanstd", "attn"):
+            raise ValueError(f"pool must be 'mean', 'meanstd' or 'attn', not {pool!r}")
+        if multiscale and encoder != "conv":
+            raise ValueError("multiscale pooling needs encoder 'conv'")
+        self.pool, self.multiscale, self.input_stats = pool, bool(multiscale), bool(input_stats)
+        self.front = None
+        raw_dim = input_dim
+        if mel_bands:
+            self.front = MelCNN(int(mel_bands), cnn_channels, cnn_blocks, hidden)
+            input_dim = hidden + input_dim - int(mel_bands)
         if encoder == "conv":
             self.encoder = DilatedConvEncoder(input_dim, hidden, depth, kernel_size, dropout)
         elif encoder == "tcn":
@@ -81,7 +145,11 @@ class SequenceClassifier(nn.Module):
             self.encoder = PreNormEncoder(hidden, depth, heads, hidden // heads, 2 * hidden, dropout, qkv_bias=True)
         else:
             raise ValueError(f"encoder must be 'tcn', 'conv' or 'transformer', not {encoder!r}")
-        pooled = 2 * hidden if pool == "meanstd" else hidden
+        pooled = (2 * hidden if pool in ("meanstd", "attn") else hidden) * (depth if self.multiscale else 1)
+        self.attn = nn.ModuleList(AttentiveStats(hidden) for _ in range(depth if self.multiscale else 1)) \
+            if pool == "attn" else None
+        if self.input_stats:
+            pooled += 2 * raw_dim
         self.norm = nn.LayerNorm(pooled)
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(pooled, n_classes)
@@ -90,13 +158,27 @@ class SequenceClassifier(nn.Module):
         if mask is not None:
             mask = mask.to(torch.bool)
             x = x * mask.unsqueeze(-1).to(x.dtype)  # no padded values leak into causal convs
+        raw = x
+        if self.front is not None:
+            x = self.front(x)
+            if mask is not None:
+                x = x * mask.unsqueeze(-1).to(x.dtype)
         if self.kind == "tcn":
-            h = self.encoder(x)
+            hs = [self.encoder(x)]
         elif self.kind == "conv":
-            h = self.encoder(x, mask)
+            hs = self.encoder(x, mask, every=True)
+            hs = hs if self.multiscale else hs[-1:]
         else:
             h = self.input_proj(x)
             h = h + sinusoidal_positions(h.shape[1], h.shape[2], h.device, h.dtype)
-            h = self.encoder(h, mask)
-        pooled = masked_mean_std(h, mask) if self.pool == "meanstd" else masked_mean(h, mask)
+            hs = [self.encoder(h, mask)]
+        parts = [self._pool(h, mask, i) for i, h in enumerate(hs)]
+        if self.input_stats:
+            parts.append(masked_mean_std(raw, mask))
+        pooled = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
         return self.fc(self.drop(self.norm(pooled)))
+
+    def _pool(self, h, mask, i):
+        if self.pool == "attn":
+            return self.attn[i](h, mask)
+        return masked_mean_std(h, mask) if self.pool == "meanstd" else masked_mean(h, mask)
