@@ -3,7 +3,7 @@
 Why here: a head's UAR means little without the numbers a linear model gets from pooled
 features under the identical protocol. Each baseline pools frame features read from the
 store (mean, std, 10th and 90th percentile over the valid frames) or, for eGeMAPS, takes
-openSMILE's functionals from the raw audio, then fits StandardScaler + a linear model on
+openSMILE's functionals (eGeMAPS or ComParE 2016) from the raw audio, then fits StandardScaler + a linear model on
 the training folds and predicts the held-out fold, fold by fold.
 
 Per-group standardisation (``per_group``): each video's features are z-scored with the
@@ -40,7 +40,7 @@ class BaselineSpec:
 
     @property
     def opensmile(self) -> bool:
-        return [self._extractor(f) for f in self.features] == ["egemaps"]
+        return [self._extractor(f) for f in self.features] in (["egemaps"], ["compare"])
 
     @staticmethod
     def _extractor(f) -> str:
@@ -186,12 +186,13 @@ def opensmile_available() -> str | None:
     return None
 
 
-def egemaps_functionals(paths) -> np.ndarray:
-    """eGeMAPSv02 functionals (88 per file) from the raw audio files."""
+def egemaps_functionals(paths, feature_set: str = "egemaps") -> np.ndarray:
+    """openSMILE functionals from the raw audio files: eGeMAPSv02 (88 per file) or, with
+    ``feature_set="compare"``, ComParE 2016 (6,373 per file)."""
     import opensmile
 
-    smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
-                            feature_level=opensmile.FeatureLevel.Functionals)
+    fs = opensmile.FeatureSet.ComParE_2016 if feature_set == "compare" else opensmile.FeatureSet.eGeMAPSv02
+    smile = opensmile.Smile(feature_set=fs, feature_level=opensmile.FeatureLevel.Functionals)
     out = []
     for p in paths:
         if not p:
@@ -276,7 +277,8 @@ def run_baselines(specs, rows: list[dict], fold_of: dict, store_root, classes, *
             ck = (tuple(map(str, spec.features)), pg)
             if ck not in cache:
                 if spec.opensmile:
-                    raw = cache.setdefault(("egemaps-raw",), egemaps_functionals([r.get("path") for r in rows]))
+                    fs = BaselineSpec._extractor(spec.features[0])
+                    raw = cache.setdefault((fs, "raw"), egemaps_functionals([r.get("path") for r in rows], fs))
                     cache[ck] = standardize_groups(raw, groups) if pg else raw
                 else:
                     cache[ck] = store_pooled(store_root, ids, groups, spec.features, pg)

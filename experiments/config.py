@@ -61,6 +61,10 @@ class DataConfig:
     crop: int | None = None            # clip tasks: a random `crop`-frame cut per clip at train time
     noise: float = 0.0                 # clip tasks: Gaussian noise (std, normalised units) at train time
     frame_pool: int = 1                # clip tasks: average every k frames (masked) before the head
+    # clip tasks, train time, after frame_pool (heads.augment.spec_mask): zeroed time spans and
+    # feature bands, {time_masks, time_width (pooled steps), freq_masks, freq_width, freq_dims}
+    specaug: dict = field(default_factory=dict)
+    mixup: float = 0.0                 # clip classification: mixup Beta(a, a) (0 = off)
     # clip tasks: {modality: [tokens, width]} flattens that modality's valid frames of a clip
     # (time-major) and re-cuts the values into `tokens` tokens of `width` (zero-padded or cut):
     # the ERI reference's audio ({audio: [32, 1024]}); {} keeps the time axis
@@ -79,6 +83,10 @@ class FoldsConfig:
     test: typing.Any = "test"
     val: typing.Any = "val"   # None: select the model on the test fold (recorded as such)
     train: list | None = None  # training folds; None = every fold that is not test / val
+    # folds.test: all: nested validation. Each outer fold holds out `inner_val` of its training
+    # folds (e.g. speakers, drawn with `seed`) as validation; train.select best then picks the
+    # checkpoint on them, never on the test fold. 0: no validation folds (select: last).
+    inner_val: int = 0
 
 
 @dataclass

@@ -41,8 +41,19 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
 
 
+def inner_val_folds(folds: list[str], test: str, n: int, seed: int) -> list[str]:
+    """``n`` validation folds drawn from the training folds of outer fold ``test`` (nested
+    validation): a fixed draw per (seed, test fold), so a resumed run picks the same ones."""
+    rest = [f for f in folds if f != test]
+    if n >= len(rest):
+        raise InputError("<config>", "bad_config", f"folds.inner_val {n} leaves no training fold "
+                         f"({len(rest)} besides the test fold)", fix=f"folds.inner_val < {len(rest)}")
+    rng = np.random.default_rng([int(seed), folds.index(test)])
+    return sorted((rest[i] for i in rng.choice(len(rest), n, replace=False)), key=_natural)
+
+
 def _fold(cfg_dict: dict, fold: str, store_root, fold_dir: str, device, threads: int | None,
-          train_folds=None) -> dict:
+          train_folds=None, val_folds=None) -> dict:
     """Train and score one held-out fold (runs in a worker process when folds run in parallel).
     ``train_folds`` None: every other fold trains; a list: those (the merge fold never does)."""
     if threads:
@@ -50,7 +61,7 @@ def _fold(cfg_dict: dict, fold: str, store_root, fold_dir: str, device, threads:
     fold_dir = Path(fold_dir)
     fold_dir.mkdir(parents=True, exist_ok=True)
     cfg = config.from_dict(cfg_dict)
-    cfg.folds.test, cfg.folds.val = fold, None
+    cfg.folds.test, cfg.folds.val = fold, (list(val_folds) if val_folds else None)
     if train_folds is not None:
         cfg.folds.train = [f for f in train_folds if f != fold]
     t0 = time.time()
@@ -91,6 +102,9 @@ def run(cfg: config.StudyConfig, store_root, run_dir, device=None, progress: boo
           f"{len(todo)} to train in {jobs} process(es); logs in {run_dir}/fold-*/log.txt", flush=True)
     raw = cfg.to_dict()
     raw["folds"]["test"] = None
+    n_inner = int(cfg.folds.inner_val or 0)
+    inner = {f: inner_val_folds(train_folds or folds, f, n_inner, cfg.folds.seed) if n_inner else None
+             for f in folds}
     fold_seconds = {}
     if jobs == 1:
         it = todo
@@ -99,13 +113,14 @@ def run(cfg: config.StudyConfig, store_root, run_dir, device=None, progress: boo
             it = tqdm(todo, desc=f"{cfg.name} folds", unit="fold")
         for f in it:
             fold_seconds[f] = _fold(raw, f, str(store_root), str(fold_dirs[f]), device, None,
-                                    train_folds)["seconds"]
+                                    train_folds, inner[f])["seconds"]
     elif todo:
         from joblib import Parallel, delayed
 
         # one thread per process: on a few cores, parallel folds beat threads inside one model
         out = Parallel(n_jobs=jobs, verbose=5 if progress else 0)(
-            delayed(_fold)(raw, f, str(store_root), str(fold_dirs[f]), device, 1, train_folds) for f in todo)
+            delayed(_fold)(raw, f, str(store_root), str(fold_dirs[f]), device, 1, train_folds, inner[f])
+            for f in todo)
         fold_seconds = {o["fold"]: o["seconds"] for o in out}
     result = summarize(cfg, store_root, run_dir, folds, fold_of, rows)
     if merge_ids and cfg.task == "frames":

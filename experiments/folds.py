@@ -175,10 +175,11 @@ def roles(folds: dict[str, object], test, val=None, train=None) -> dict[str, lis
     def norm(v):
         return str(v)
     test_s = norm(test)
-    val_s = norm(val) if val is not None else test_s
+    # a list of validation folds: nested validation (e.g. speakers drawn from the training folds)
+    val_set = {norm(v) for v in val} if isinstance(val, (list, tuple)) else {norm(val) if val is not None else test_s}
     out = {"train": [], "val": [], "test": []}
     present = {norm(f) for f in folds.values()}
-    for name, want in (("test", test_s), ("val", val_s)):
+    for name, want in [("test", test_s)] + [("val", v) for v in sorted(val_set)]:
         if want not in present:
             raise InputError("<folds>", "bad_config",
                              f"{name} fold {want!r} does not exist (folds: {sorted(present)})",
@@ -187,12 +188,12 @@ def roles(folds: dict[str, object], test, val=None, train=None) -> dict[str, lis
         f = norm(folds[vid])
         if f == test_s:
             out["test"].append(vid)
-        if f == val_s:
+        if f in val_set:
             if f != test_s:
                 out["val"].append(vid)
-        if f not in (test_s, val_s) and (train is None or f in {norm(t) for t in train}):
+        if f != test_s and f not in val_set and (train is None or f in {norm(t) for t in train}):
             out["train"].append(vid)
-    if val is None or val_s == test_s:
+    if val is None or val_set == {test_s}:
         out["val"] = list(out["test"])
     return out
 

@@ -42,18 +42,16 @@ def spec_mask(x: torch.Tensor, mask: torch.Tensor | None, time_masks: int = 2, t
 
 def mixup(x: torch.Tensor, mask: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                       torch.Tensor]:
-    """Blend each row with a random partner: ``lam * x + (1 - lam) * x[perm]`` (lam ~ Beta(alpha,
-    alpha) per row, folded to >= 0.5 so the row's own label dominates). The mask is the union
-    (the shorter clip's padding is zeros, i.e. the speaker mean). Returns (x, mask, perm, lam)."""
-    b = x.shape[0]
-    lam = torch.distributions.Beta(alpha, alpha).sample((b,)).to(x.device)
-    lam = torch.maximum(lam, 1 - lam)
-    perm = torch.randperm(b, device=x.device)
-    lx = lam.to(x.dtype)[:, None, None]
-    return lx * x + (1 - lx) * x[perm], mask | mask[perm], perm, lam
+    """Blend every row with a random partner: ``lam * x + (1 - lam) * x[perm]``, one lam ~
+    Beta(alpha, alpha) per batch (folded to >= 0.5 so a row's own label dominates), so any
+    mean loss mixes as ``lam * L(y) + (1 - lam) * L(y[perm])`` (`mixup_loss`). The mask is the
+    union (the shorter clip's padding is zeros, i.e. the speaker mean). Returns (x, mask, perm, lam)."""
+    lam = float(torch.distributions.Beta(float(alpha), float(alpha)).sample())
+    lam = max(lam, 1.0 - lam)
+    perm = torch.randperm(x.shape[0], device=x.device)
+    return lam * x + (1 - lam) * x[perm], mask | mask[perm], perm, lam
 
 
-def mixup_loss(loss_fn, logits: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """Per-row ``lam * loss(y) + (1 - lam) * loss(y[perm])``; ``loss_fn(logits, y)`` must
-    return per-row losses (reduction none)."""
-    return (lam * loss_fn(logits, y) + (1 - lam) * loss_fn(logits, y[perm])).mean()
+def mixup_loss(loss_fn, logits: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, lam: float) -> torch.Tensor:
+    """``lam * loss_fn(logits, y) + (1 - lam) * loss_fn(logits, y[perm])``."""
+    return lam * loss_fn(logits, y) + (1 - lam) * loss_fn(logits, y[perm])

@@ -87,17 +87,22 @@ class MelCNN(nn.Module):
         layers, c_in, f = [], 1, bands
         for i in range(blocks):
             c = channels * 2 ** min(i, 2)
-            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.GELU(), nn.MaxPool2d((2, 1))]
+            layers.append(nn.Sequential(nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.GELU(),
+                                        nn.MaxPool2d((2, 1))))
             c_in, f = c, f // 2
         if f < 1:
             raise ValueError(f"{blocks} frequency poolings leave nothing of {bands} bands")
         self.bands = bands
-        self.net = nn.Sequential(*layers)
+        self.net = nn.ModuleList(layers)
         self.proj = nn.Linear(c_in * f, out_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        img = x[..., :self.bands].transpose(1, 2).unsqueeze(1)           # [B, 1, F, T]
-        h = self.net(img)                                                # [B, C, F', T]
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = x[..., :self.bands].transpose(1, 2).unsqueeze(1)             # [B, 1, F, T]
+        m = None if mask is None else mask[:, None, None, :].to(x.dtype)
+        for block in self.net:       # padded steps zeroed after every block (no bias leaks in)
+            h = block(h)
+            if m is not None:
+                h = h * m                                                # [B, C, F', T]
         h = h.flatten(1, 2).transpose(1, 2)                              # [B, T, C*F']
         return torch.cat([self.proj(h), x[..., self.bands:]], dim=-1)
 
@@ -160,7 +165,7 @@ class SequenceClassifier(nn.Module):
             x = x * mask.unsqueeze(-1).to(x.dtype)  # no padded values leak into causal convs
         raw = x
         if self.front is not None:
-            x = self.front(x)
+            x = self.front(x, mask)
             if mask is not None:
                 x = x * mask.unsqueeze(-1).to(x.dtype)
         if self.kind == "tcn":

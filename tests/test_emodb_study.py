@@ -1,8 +1,12 @@
-"""The emodb study on real EmoDB audio: featurized through the cache, leave-one-speaker-out,
-the head beside the classical baselines in one report.
+"""The general speech-emotion study (ser.yaml) on real EmoDB audio given as a labelled CSV
+(path,label,group = speaker), only the class list set: featurized through the cache,
+leave-one-speaker-out with a validation speaker drawn from each fold's training speakers,
+the head beside the classical baselines in one report. emodb.yaml is ser.yaml + EmoDB's
+adapter and class list.
 
 CI-sized: 3 speakers x 20 utterances (every emotion, round robin), tiny head, 2 epochs,
-3 folds. The full study is `make train EXP=emodb STORE=...` (see experiments/configs/emodb.yaml).
+3 folds (1 training, 1 validation, 1 test speaker each). The full study is
+`make train EXP=emodb STORE=...` (see experiments/configs/emodb.yaml).
 """
 import json
 
@@ -43,12 +47,18 @@ def _subset(rows):
 
 @pytest.fixture(scope="module")
 def emodb_store(shared_data, tmp_path_factory):
+    """The subset as a labelled-csv corpus (path,label,group), as a user's own corpus."""
     from featurize import datasets
     from featurize.pipeline import run_features, write_manifest
 
     root = tmp_path_factory.mktemp("emodb-store")
-    rows = _subset(datasets.build("emodb", shared_data / "emodb"))
-    write_manifest(rows, root, "emodb")
+    picked = _subset(datasets.build("emodb", shared_data / "emodb"))
+    csv_path = root / "corpus.csv"
+    csv_path.write_text("path,label,group\n" + "".join(
+        f"{r['video_id']}.wav,{r['labels']['emotion']},{r['group']}\n" for r in picked))
+    rows = datasets.build("labelled-csv", csv_path, root=shared_data / "emodb" / "wav")
+    assert [r["video_id"] for r in rows] == [r["video_id"] for r in picked]
+    write_manifest(rows, root, "labelled-csv")
     summary = run_features(rows, root, ["logmel", "mfcc"], scheduler="inline", progress=False)
     assert summary.failed_total == 0 and summary.done == 2 * len(rows)
     return root, rows
@@ -60,7 +70,8 @@ def study_run(emodb_store, tmp_path_factory):
 
     root, _ = emodb_store
     runs = tmp_path_factory.mktemp("runs")
-    run_dir = run_study("emodb", root, runs, progress=False, overrides=[
+    run_dir = run_study("ser", root, runs, progress=False, overrides=[
+        f"labels.classes=[{', '.join(CLASSES)}]", "folds.inner_val=1",
         "train.epochs=2", "train.fold_jobs=1", "head.args.hidden=16", "head.args.depth=2",
         # the eGeMAPS baseline (when opensmile is installed) is exercised on the same folds
         "baselines=[{name: pooled MFCC + LR, features: [mfcc], per_group: both},"
@@ -73,7 +84,7 @@ def study_run(emodb_store, tmp_path_factory):
 def test_report_has_head_and_baselines_side_by_side(study_run):
     run_dir, m = study_run
     assert m["protocol"]["folds"] == list(SPEAKERS)
-    assert m["protocol"]["select"] == "last" and m["protocol"]["model_selected_on_test"] is False
+    assert m["protocol"]["select"] == "best" and m["protocol"]["model_selected_on_test"] is False
     assert m["model"]["n_clips"] == len(SPEAKERS) * PER_SPEAKER
     for r in (m["model"], m["baselines"]["pooled MFCC + LR (per-group std)"], m["baselines"]["pooled MFCC + LR"]):
         assert 0.0 <= r["uar"] <= 1.0 and 0.0 <= r["accuracy"] <= 1.0
@@ -86,7 +97,7 @@ def test_report_has_head_and_baselines_side_by_side(study_run):
     else:   # skipped, and the report says why
         assert all("opensmile" in v["skipped"] for v in egemaps)
     report = (run_dir / "report.md").read_text()
-    assert "head (emodb)" in report and "pooled MFCC + LR" in report and "eGeMAPS + linear SVM" in report
+    assert "head (ser)" in report and "pooled MFCC + LR" in report and "eGeMAPS + linear SVM" in report
     assert (run_dir / "confusion.png").stat().st_size > 0
     header = (run_dir / "predictions.csv").read_text().splitlines()[0]
     assert header.startswith("video_id,fold,start,length,true,pred") and "pred[pooled MFCC + LR]" in header
@@ -101,7 +112,10 @@ def test_folds_are_speaker_disjoint(study_run, emodb_store):
     for spk in SPEAKERS:
         vids = json.loads((run_dir / f"fold-{spk}" / "data.json").read_text())["folds"]["videos"]
         assert {speaker[v] for v in vids["test"]} == {spk}
-        assert spk not in {speaker[v] for v in vids["train"]} and len(vids["train"]) == 2 * PER_SPEAKER
+        # nested: one validation speaker from this fold's training speakers, never the test one
+        train, val = {speaker[v] for v in vids["train"]}, {speaker[v] for v in vids["val"]}
+        assert len(train) == 1 and len(val) == 1 and len(train | val | {spk}) == 3
+        assert len(vids["train"]) == len(vids["val"]) == PER_SPEAKER
         tested += vids["test"]
     assert sorted(tested) == sorted(speaker)     # every utterance held out exactly once
 
@@ -132,7 +146,7 @@ def test_resume_keeps_finished_folds(study_run, emodb_store):
 @pytest.mark.data
 def test_per_speaker_statistics_come_from_that_speaker_only(emodb_store):
     root, rows = emodb_store
-    cfg = C.load("emodb")
+    cfg = C.load("ser")
     corpus = D.load_corpus(cfg, root, progress=False)
     stats = D.fit_group_norm(corpus, "group")
     assert {k.split("/")[0] for k in stats} == set(SPEAKERS)
@@ -183,10 +197,31 @@ def test_pool_frames_is_a_masked_mean():
     assert m.tolist() == [[True, False, False]] and y[0, 1].tolist() == [0.0, 0.0]
 
 
-def test_emodb_study_config():
-    cfg = C.load("emodb")
+def test_emodb_study_is_ser_with_its_class_list():
+    cfg, ser = C.load("emodb"), C.load("ser")
     assert cfg.folds.scheme == "group" and cfg.folds.test == "all" and cfg.folds.val is None
-    assert cfg.data.normalize_by == "group" and cfg.train.select == "last"
+    assert cfg.folds.inner_val == 2 and cfg.train.select == "best" and cfg.train.monitor == "uar"
+    assert cfg.data.normalize_by == "group"
     assert [s.name for s in B.parse_specs(cfg.baselines)][0] == "pooled MFCC + LR"
+    a, b = cfg.to_dict(), ser.to_dict()
+    assert {k for k in a if a[k] != b[k]} == {"name", "dataset", "description", "labels"}
+    assert {k for k in a["labels"] if a["labels"][k] != b["labels"][k]} == {"targets", "classes"}
+
+
+def test_inner_validation_folds_come_from_the_training_folds():
+    from experiments.crossval import inner_val_folds
+    from experiments.folds import roles
+
+    folds = [f"s{i}" for i in range(10)]
+    drawn = {f: inner_val_folds(folds, f, 2, seed=0) for f in folds}
+    assert all(len(v) == 2 and f not in v for f, v in drawn.items())
+    assert drawn == {f: inner_val_folds(folds, f, 2, seed=0) for f in folds}     # resumable
+    assert len({tuple(v) for v in drawn.values()}) > 1
+    fold_of = {f"v{i}": f"s{i % 10}" for i in range(40)}
+    r = roles(fold_of, "s3", drawn["s3"])
+    assert {fold_of[v] for v in r["val"]} == set(drawn["s3"]) and {fold_of[v] for v in r["test"]} == {"s3"}
+    assert not {fold_of[v] for v in r["train"]} & (set(drawn["s3"]) | {"s3"}) and len(r["train"]) == 28
+    with pytest.raises(InputError, match="inner_val"):
+        inner_val_folds(folds[:3], "s0", 2, seed=0)
     with pytest.raises(InputError, match="baselines"):
         B.parse_specs([{"name": "x", "modle": "logreg"}])

@@ -100,6 +100,10 @@ class ClipTask(Task):
             valid = windows.pool_frames(valid[..., None].float(), valid, d.frame_pool)[1]
         for mk in masks:   # a clip with no valid frame at all keeps one (zero) step, so attention has a key
             mk[:, 0] |= ~mk.any(1)
+        if train and d.specaug:
+            from heads.augment import spec_mask
+
+            xs = [spec_mask(x, mk, **d.specaug) if j == 0 else x for j, (x, mk) in enumerate(zip(xs, masks))]
         for i, name in enumerate(self.corpus.modalities):
             if name in d.recut:          # values re-cut into tokens (the ERI reference's audio)
                 tokens, width = d.recut[name]
@@ -107,7 +111,15 @@ class ClipTask(Task):
         if self.form == "concat":
             xs, masks = [torch.cat(xs, -1)], [valid & torch.stack(masks).all(0)]
             masks[0][:, 0] |= ~masks[0].any(1)
-        return {"x": xs, "masks": masks}
+        out = {"x": xs, "masks": masks}
+        if train and d.mixup and self.kind == "clip_classification":
+            from heads.augment import mixup
+
+            mixed = [mixup(x, mk, d.mixup) for x, mk in zip(xs, masks)] if len(xs) == 1 else None
+            if mixed:
+                out["x"], out["masks"] = [mixed[0][0]], [mixed[0][1]]
+                out["mix"] = (mixed[0][2], mixed[0][3])
+        return out
 
     def _pool_segments(self):
         s = self.cfg.data.segments
@@ -294,6 +306,11 @@ class ClipClassificationTask(ClipTask):
     def loss(self, out, b):
         if isinstance(out, tuple):   # AV-CPNet: L(out) + L(out_audio) + L(out_visual)
             return sum(self._loss(o, b, self) for o in out)
+        if "mix" in b:               # data.mixup: the blend's loss against both labels
+            from heads.augment import mixup_loss
+
+            perm, lam = b["mix"]
+            return mixup_loss(lambda o, y: self._loss(o, {**b, "y": y}, self), out, b["y"], perm, lam)
         return self._loss(out, b, self)
 
     def _scores(self, logits_or_labels, true):

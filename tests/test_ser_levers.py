@@ -1,0 +1,96 @@
+"""The speech-emotion levers: SpecAugment-style masking, mixup, attention / multi-scale
+pooling, the 2-D CNN front end, and the optional openSMILE LLD extractor (real EmoDB audio)."""
+import numpy as np
+import pytest
+import torch
+
+from heads.augment import mixup, mixup_loss, spec_mask
+from heads.classifier import SequenceClassifier
+
+
+def _batch():
+    torch.manual_seed(0)
+    x = torch.randn(6, 50, 20) + 3.0          # no natural zeros
+    mask = torch.ones(6, 50, dtype=torch.bool)
+    mask[0, 20:] = False
+    return x, mask
+
+
+def test_spec_mask_zeroes_spans_inside_the_valid_part_and_only_frequency_dims():
+    x, mask = _batch()
+    torch.manual_seed(1)
+    out = spec_mask(x, mask, time_masks=2, time_width=6, freq_masks=2, freq_width=4, freq_dims=12)
+    zero = out == 0
+    assert torch.equal(out[~zero], x[~zero]) and not torch.equal(out, x)
+    # a zeroed band lies in the first 12 dims; any zero beyond them comes from a whole time span
+    full_steps = zero.all(-1)
+    assert not (zero[..., 12:] & ~full_steps[..., None]).any()
+    assert not full_steps[0, 20:].any()      # spans fall inside row 0's 20 valid steps
+    assert full_steps.sum(1).le(2 * 6).all() and full_steps.any()
+    assert torch.equal(spec_mask(x, mask, 0, 0, 0, 0), x)
+
+
+def test_mixup_blends_rows_and_labels_with_one_lambda():
+    x, mask = _batch()
+    torch.manual_seed(2)
+    mx, mm, perm, lam = mixup(x, mask, 0.4)
+    assert 0.5 <= lam <= 1.0
+    torch.testing.assert_close(mx, lam * x + (1 - lam) * x[perm])
+    assert torch.equal(mm, mask | mask[perm])
+    logits, y = torch.randn(6, 7), torch.arange(6)
+    ce = torch.nn.functional.cross_entropy
+    got = mixup_loss(ce, logits, y, perm, lam)
+    assert got == pytest.approx(float(lam * ce(logits, y) + (1 - lam) * ce(logits, y[perm])))
+
+
+@pytest.mark.parametrize("kw", [dict(pool="attn"), dict(pool="meanstd", multiscale=True),
+                                dict(pool="attn", multiscale=True, input_stats=True),
+                                dict(pool="meanstd", mel_bands=16, cnn_channels=4, cnn_blocks=2)])
+def test_classifier_levers_ignore_padding(kw):
+    x, mask = _batch()
+    torch.manual_seed(0)
+    net = SequenceClassifier(20, 7, encoder="conv", hidden=16, depth=3, **kw).eval()
+    y = net(x, mask)
+    x2 = x.clone()
+    x2[0, 20:] = 99.0                       # garbage in the padding of row 0
+    torch.testing.assert_close(net(x2, mask), y)
+    torch.testing.assert_close(net(x[:1, :20], mask[:1, :20]), y[:1], atol=1e-5, rtol=1e-4)
+    y.sum().backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+def test_classifier_rejects_unknown_levers():
+    with pytest.raises(ValueError, match="pool"):
+        SequenceClassifier(8, 3, encoder="conv", pool="max")
+    with pytest.raises(ValueError, match="multiscale"):
+        SequenceClassifier(8, 3, encoder="tcn", multiscale=True)
+    with pytest.raises(ValueError, match="bands"):
+        SequenceClassifier(8, 3, encoder="conv", mel_bands=4, cnn_blocks=3)
+
+
+@pytest.mark.data
+def test_opensmile_llds_on_real_speech(shared_data):
+    pytest.importorskip("opensmile")
+    from featurize.decode import read_audio
+    from featurize.registry import get_cached, key_for, parse_config
+
+    wav = shared_data / "emodb" / "wav" / "03a01Fa.wav"
+    if not wav.is_file():
+        pytest.skip("EmoDB not in shared data")
+    x = read_audio(wav, sr=16000)
+    n_logmel = get_cached("logmel").extract(x, 16000)["data"].shape[0]
+    for fs, deltas, dim in (("compare", True, 130), ("egemaps", False, 25)):
+        cfg = parse_config("opensmile", {"feature_set": fs, "deltas": deltas})
+        out = get_cached("opensmile", cfg).extract(x, 16000)
+        assert out["data"].shape[1] == dim and out["data"].dtype == np.float32
+        assert out["mask"].all() and np.isfinite(out["data"]).all()
+        np.testing.assert_allclose(np.diff(out["t"])[:-1], 0.01, atol=1e-6)    # 10 ms (the last one cut short)
+        assert abs(len(out["data"]) - n_logmel) <= 8                            # same clock as log-mel
+        assert out["data"].std(0).max() > 0
+    keys = {key_for("opensmile", parse_config("opensmile", p))[0]
+            for p in ({}, {"feature_set": "egemaps", "deltas": False}, {"deltas": False})}
+    assert len(keys) == 3
+    short = get_cached("opensmile", parse_config("opensmile", {})).extract(np.zeros(400, np.float32), 16000)
+    assert not short["mask"].any() and np.isfinite(short["data"]).all()
+    with pytest.raises(Exception, match="deltas"):
+        parse_config("opensmile", {"feature_set": "egemaps"})
