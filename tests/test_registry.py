@@ -16,9 +16,9 @@ def test_all_extractors_register_without_heavy_imports():
     import sys
 
     code = ("import sys, featurize; print(featurize.names()); "
-            "print(sorted(m for m in ('torch','mediapipe','librosa','cv2','av') if m in sys.modules))")
+            "print(sorted(m for m in ('torch','mediapipe','librosa','cv2','av','opensmile') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.splitlines() == ["['backbone', 'faces', 'fer', 'logmel', 'mesh', 'mfcc']", "[]"]
+    assert out.splitlines() == ["['backbone', 'faces', 'fer', 'logmel', 'mesh', 'mfcc', 'opensmile']", "[]"]
 
 
 def test_configs_are_frozen_dataclasses():

@@ -72,7 +72,7 @@ def test_classifier_rejects_unknown_levers():
 def test_opensmile_llds_on_real_speech(shared_data):
     pytest.importorskip("opensmile")
     from featurize.decode import read_audio
-    from featurize.registry import get_cached, key_for, parse_config
+    from featurize.registry import get_cached, parse_config, resolve_key
 
     wav = shared_data / "emodb" / "wav" / "03a01Fa.wav"
     if not wav.is_file():
@@ -87,7 +87,7 @@ def test_opensmile_llds_on_real_speech(shared_data):
         np.testing.assert_allclose(np.diff(out["t"])[:-1], 0.01, atol=1e-6)    # 10 ms (the last one cut short)
         assert abs(len(out["data"]) - n_logmel) <= 8                            # same clock as log-mel
         assert out["data"].std(0).max() > 0
-    keys = {key_for("opensmile", parse_config("opensmile", p))[0]
+    keys = {resolve_key("opensmile", p)[0]
             for p in ({}, {"feature_set": "egemaps", "deltas": False}, {"deltas": False})}
     assert len(keys) == 3
     short = get_cached("opensmile", parse_config("opensmile", {})).extract(np.zeros(400, np.float32), 16000)
