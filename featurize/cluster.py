@@ -19,8 +19,12 @@ running video is rescheduled, it exits, its job ends, and `adapt` submits a new 
 videos are left. We do not pass `--lifetime-restart`: it restarts the worker inside the
 same job, which then dies at walltime anyway. Dask's SpecCluster keeps a retired job's
 name in its plan, so `adapt` would see "enough workers" and never replace it; the cluster
-here forgets a job once its worker has left (measured on the test SLURM: a 1-minute
-walltime run of a ~3-minute corpus retired and replaced jobs until done).
+here forgets a job once its worker has left. Seen on the one-node test SLURM with a
+1-minute walltime: each worker retired 30 s after its start, its job ended 51-61 s in, the
+next job followed, none reached TIMEOUT; but at load average 13-16 on 2 cores a worker's
+start-up plus its first video used up those 30 s, so that run made almost no progress (1
+of 60 videos after 4 jobs). A lifetime must hold start-up plus several videos: use
+walltimes of tens of minutes, as real sites do.
 
 GPU workers apart. With `gpu:` configured, GPU jobs run their workers with
 `--resources GPU=1` and only `backbone` tasks ask for that resource (featurize/pipeline.py),
@@ -274,8 +278,8 @@ def array_script(cfg: SlurmConfig, shards: int, features_args: list[str], log_di
     task runs `emocache features ... --shard $SLURM_ARRAY_TASK_ID/shards` on its own cores
     (a LocalCluster of --cpus-per-task workers) into the same store. Shards are disjoint
     (video ids sorted, index % n); a requeued or replayed task finds its done videos in the
-    store and skips them, and the store's one-writer-per-video claim keeps two tasks off
-    one video. Resources, partition, account, extra directives and prologue from `cfg`."""
+    store and skips them; two tasks on one video (a replay while the first still runs) is
+    what the store's one-writer-per-video claim (issue 7) is for. Resources, partition, account, extra directives and prologue from `cfg`."""
     import sys
 
     from dask_jobqueue.slurm import slurm_format_bytes_ceil
