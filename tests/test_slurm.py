@@ -72,7 +72,8 @@ class QueueWatch:
 
 
 def _ours_left(slurm):
-    return [j for j in slurm.jobs() if j["name"].startswith("emocache-")]
+    """Our jobs still pending or running (COMPLETING: cancelled, its processes being reaped)."""
+    return [j for j in slurm.jobs() if j["name"].startswith("emocache-") and j["state"] != "COMPLETING"]
 
 
 def _final_states(slurm, ids):
