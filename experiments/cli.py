@@ -203,8 +203,13 @@ def cmd_predict(a) -> int:
 
     from experiments import config
     from experiments.predict import trained_on_demo
+    from experiments.train import latest_finished
 
-    out = predict_video(a.video, a.run, out_dir=a.out, store_root=a.store)
+    run = Path(a.run)
+    if not (run / "config.yaml").is_file() and latest_finished(run) is not None:
+        run = a.run = latest_finished(run)            # RUNS/<study>: its latest finished run
+        print(f"run: {run}", file=sys.stderr)
+    out = predict_video(a.video, run, out_dir=a.out, store_root=a.store)
     print(f"predictions: {out}")
     print(f"plot: {out.with_suffix('.png')}")
     if trained_on_demo(config.load(Path(a.run) / "config.yaml")):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from store.errors import InputError
 
-from . import config, crossval, fit
+from . import config, crossval, data, fit
 
 
 def _stamp() -> str:
@@ -36,13 +36,44 @@ def run_study(study, store_root, runs_root="runs", overrides=(), resume=None, de
         cfg = config.load(run_dir / "config.yaml", overrides)
     else:
         cfg = study if isinstance(study, config.StudyConfig) else config.load(study, overrides)
+        # what can fail before training (missing keys, no dataset manifest) fails before a run
+        # folder exists: failed attempts used to leave stub runs that "the latest run" then found
+        data.resolve_features(cfg, store_root)
+        data.dataset_rows(store_root, cfg.dataset)
         if run_dir is None:
             run_dir = Path(runs_root) / cfg.name / _stamp()
             while run_dir.exists():
                 run_dir = run_dir.with_name(run_dir.name + "x")
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-    if str(cfg.folds.test) == "all":
-        return crossval.run(cfg, store_root, run_dir, device=device, progress=progress)
-    return fit.run_fold(cfg, store_root, run_dir, device, resume=bool(resume), stop_after=stop_after,
-                        progress=progress)
+    (run_dir / FAILED).unlink(missing_ok=True)          # a resumed run is judged afresh
+    try:
+        if str(cfg.folds.test) == "all":
+            return crossval.run(cfg, store_root, run_dir, device=device, progress=progress)
+        return fit.run_fold(cfg, store_root, run_dir, device, resume=bool(resume), stop_after=stop_after,
+                            progress=progress)
+    except BaseException as e:
+        # the folder says it did not finish, and why (latest_finished skips it)
+        why = "interrupted (resume with --resume)" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        (run_dir / FAILED).write_text(why + "\n")
+        raise
+
+
+FAILED = "FAILED"
+
+
+def is_finished(run_dir) -> bool:
+    """A run that wrote its metrics and was not marked FAILED."""
+    d = Path(run_dir)
+    return (d / "metrics.json").is_file() and not (d / FAILED).exists()
+
+
+def latest_finished(folder) -> Path | None:
+    """`folder` itself when it is a finished run, else its newest finished run below
+    (RUNS/<study>/<stamp>, or RUNS/<study>): what "the latest run" means."""
+    d = Path(folder)
+    if is_finished(d):
+        return d
+    runs = [r for r in [*d.glob("*"), *d.glob("*/*")]
+            if r.is_dir() and not r.name.startswith("fold-") and is_finished(r)]
+    return max(runs, key=lambda r: (r / "metrics.json").stat().st_mtime, default=None)

@@ -83,6 +83,31 @@ def test_train_errors_are_clear(tmp_path, corpus):
     p = run("train", "--exp", "demo", "--store", store, "--runs", runs, ok=False)
     assert p.returncode == 2
     assert "missing_key" in p.stderr and "emocache features" in p.stderr  # the command to run
+    assert not runs.exists()          # nothing trained: no stub run folder
+
+    # a run that fails after it started is marked FAILED with its error, and is not "the latest run"
+    study = tmp_path / "tiny.yaml"
+    study.write_text(TINY)
+    p = run("train", "--exp", study, "--store", store, "--runs", runs, "--set", "optim.name=nosuch", ok=False)
+    assert p.returncode == 2
+    (failed,) = (runs / "tiny").iterdir()
+    assert "nosuch" in (failed / "FAILED").read_text()
+    from experiments.train import latest_finished
+
+    assert latest_finished(runs / "tiny") is None
+
+
+TINY = """extends: demo
+name: tiny
+features:
+  visual: [{extractor: mfcc}]
+  audio_b: [{extractor: mfcc}]
+  audio_mfcc: [{extractor: mfcc}]
+data: {window: 30, hop: 20}
+folds: {scheme: kfold, n: 4, stratify: null, test: 0, val: 1}
+head: {args: {visual_channels: [4], audio_channels: [4], kernel_size: 3}}
+train: {epochs: 2, batch_size: 2}
+"""
 
 
 def first_line(p) -> str:
@@ -210,26 +235,20 @@ def test_a_video_without_faces_is_named_in_the_summary_and_in_ls(corpus, tmp_pat
 
 @pytest.mark.slow
 def test_predict_prints_each_path_once_one_not_media_line_and_the_demo_warning(corpus, tmp_path):
-    import yaml
-
     store = tmp_path / "store"
     run("features", "--input", corpus, "--dataset", "demo", "--store", store,
         "--extractors", "mfcc", "--workers", 1, "--quiet")
     study = tmp_path / "tiny.yaml"
-    study.write_text(yaml.safe_dump({
-        "extends": "demo", "name": "tiny",
-        "features": {"visual": [{"extractor": "mfcc"}], "audio_b": [{"extractor": "mfcc"}],
-                     "audio_mfcc": [{"extractor": "mfcc"}]},
-        "data": {"window": 30, "hop": 20},
-        "folds": {"scheme": "kfold", "n": 4, "stratify": None, "test": 0, "val": 1},
-        "head": {"args": {"visual_channels": [4], "audio_channels": [4], "kernel_size": 3}},
-        "train": {"epochs": 2, "batch_size": 2}}, sort_keys=False))
+    study.write_text(TINY)
     t = run("train", "--exp", study, "--store", store, "--runs", tmp_path / "runs")
     run_dir = Path(t.stdout.strip().splitlines()[-1].split("run: ", 1)[1])
     assert (run_dir / "tensorboard").is_dir() and list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert not (run_dir / "FAILED").exists()
 
-    p = run("predict", corpus / "videos" / "demo_01.mp4", "--run", run_dir, "--out", tmp_path / "pred",
-            "--store", store)
+    # --run RUNS/<study>: its latest finished run
+    p = run("predict", corpus / "videos" / "demo_01.mp4", "--run", tmp_path / "runs" / "tiny",
+            "--out", tmp_path / "pred", "--store", store)
+    assert f"run: {run_dir}" in p.stderr
     out = p.stdout.strip().splitlines()
     csv_path, png = tmp_path / "pred" / "demo_01.csv", tmp_path / "pred" / "demo_01.png"
     assert out == [f"predictions: {csv_path}", f"plot: {png}"], p.stdout
