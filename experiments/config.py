@@ -227,11 +227,18 @@ def apply_overrides(raw: dict, overrides) -> dict:
         keys = path.strip().split(".")
         node, dnode = raw, defaults
         for k in keys[:-1]:
+            if isinstance(node, list):   # features.visual.0.params...: the i-th feature of a modality
+                node, dnode = _list_item(node, k, path), {}
+                continue
             node = node.setdefault(k, {})
             dnode = dnode.get(k, {}) if isinstance(dnode, dict) else {}
-            if not isinstance(node, dict):
+            if not isinstance(node, (dict, list)):
                 raise InputError("--set", "bad_config", f"{path}: {k} is not a mapping")
         last = keys[-1]
+        if isinstance(node, list):
+            old = _list_item(node, last, path)
+            node[int(last)] = _typed(yaml.safe_load(text) if text.strip() else None, old, path)
+            continue
         old = node.get(last, dnode.get(last) if isinstance(dnode, dict) else None)
         value = yaml.safe_load(text) if text.strip() else None
         # a field that takes several types (folds.test: a fold or "all") keeps the value as parsed
@@ -247,6 +254,17 @@ def _annotation(keys):
             return None
         cls = typing.get_type_hints(cls).get(k)
     return cls
+
+
+def _list_item(node: list, k: str, path: str):
+    """`k` as an index into a list of the config (a modality's features), or a clear error."""
+    if not k.lstrip("-").isdigit() or not -len(node) <= int(k) < len(node):
+        raise InputError("--set", "bad_config", f"{path}: {k!r} is not an index of a list of {len(node)}",
+                         fix=f"use 0..{len(node) - 1}, e.g. --set features.visual.0.params.weights=...")
+    item = node[int(k)]
+    if isinstance(item, str):    # `- mfcc` shorthand: make it a mapping so params can be set
+        item = node[int(k)] = {"extractor": item}
+    return item
 
 
 def _typed(value, old, path):

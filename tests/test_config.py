@@ -32,6 +32,18 @@ def test_overrides_are_typed_by_the_value_they_replace():
     assert cfg.folds.val == 2   # was null: parsed as YAML
 
 
+def test_overrides_reach_a_feature_by_its_index():
+    """What a user of the real studies types to name their backbone weights."""
+    cfg = C.load("eri", ["features.visual.0.params.weights=/m/r18.pt", "features.visual.1.params.static=false",
+                         "features.audio.0.params.n_mfcc=20"])
+    assert cfg.features["visual"][0].params == {"weights": "/m/r18.pt"}
+    assert cfg.features["visual"][1].params == {"static": False}
+    assert cfg.features["audio"][0].params == {"n_mfcc": 20, "deltas": False}
+    with pytest.raises(InputError, match="not an index") as e:
+        C.load("eri", ["features.visual.2.params.weights=x"])
+    assert "0..1" in e.value.fix
+
+
 def test_override_errors_name_the_problem():
     with pytest.raises(InputError, match="unknown key"):
         C.load("abaw2", ["optim.learning_rate=1"])
