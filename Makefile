@@ -1,6 +1,7 @@
 # emocache — every target installs what it needs itself.
 #   make demo                      synthetic corpus -> features -> train abaw2 (CPU, a few minutes)
-#   make test                      the test suite
+#   make test                      the test suite (fault tests CI-sized: 5 SIGKILLs)
+#   make soak                      the fault tests long: 20 SIGKILLs mid-write, concurrent runs, worker loss
 #   make features [INPUT= DATASET= STORE= SCHEDULER= WORKERS= EXTRACTORS= SHARD= PARAMS="faces.margin=0.3 backbone.source=frames"
 #                  CLUSTER=slurm CLUSTER_CONFIG=docs/cluster-slurm.yaml]
 #   make train EXP=abaw2|eri|avcpnet|demo|emodb [STORE= RUNS= SET="a.b=c ..."]
@@ -40,7 +41,7 @@ export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 export EMOCACHE_MODELS ?= $(CURDIR)/$(MODELS)
 export MPLBACKEND ?= Agg
 
-.PHONY: install models demo demo-data demo-features features train verify ls test bench bench-features bench-train bench-gpu test-gpu clean
+.PHONY: install models demo demo-data demo-features features train verify ls test soak bench bench-features bench-train bench-gpu test-gpu clean
 
 install: $(STAMP)
 
@@ -100,6 +101,10 @@ ls: install
 
 test: install models
 	$(PY) -m pytest -q
+
+SOAK_KILLS ?= 20
+soak: install models
+	EMOCACHE_KILLS=$(SOAK_KILLS) $(PY) -m pytest -q -s tests/test_faults.py tests/test_store_claims.py
 
 BENCH_ARGS ?=
 bench: install models

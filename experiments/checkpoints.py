@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from featurize.weights import load_plain
+
 LAST, BEST = "last.pt", "best.pt"
 
 
@@ -67,7 +69,7 @@ def save_checkpoint(path: Path, model, opt, sched, scaler, state: State, gen) ->
 
 
 def load_checkpoint(path: Path, model, opt, sched, scaler, gen, device) -> State:
-    blob = torch.load(path, map_location=device, weights_only=True)
+    blob = load_plain(path, map_location=device)
     model.load_state_dict(blob["model"])
     opt.load_state_dict(blob["optimizer"])
     if sched is not None and blob["scheduler"] is not None:
@@ -88,7 +90,7 @@ def save_weights(model, path: Path) -> None:
 
 
 def load_weights(model, path: Path, device) -> None:
-    model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    model.load_state_dict(load_plain(path, map_location=device))
 
 
 def write_json(obj, path: Path) -> None:

@@ -112,6 +112,14 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
+def _security(a):
+    if not (a.tls_ca or a.tls_cert or a.tls_key):
+        return None
+    from featurize.pipeline import tls_security
+
+    return tls_security(a.tls_ca, a.tls_cert, a.tls_key)
+
+
 def cmd_features(a) -> int:
     from featurize.pipeline import run_features, write_manifest
 
@@ -128,9 +136,9 @@ def cmd_features(a) -> int:
         raise SystemExit("emocache features: --cluster-config needs --cluster slurm")
     write_manifest(rows, a.store, name)
     summary = run_features(rows, a.store, extractors, overrides=_overrides(a.param),
-                           workers=a.workers, scheduler=a.scheduler, cluster=cluster,
+                           workers=a.workers, scheduler=a.scheduler, cluster=cluster, security=_security(a),
                            shard=_parse_shard(a.shard), progress=not a.quiet)
-    return 1 if summary.failed_total else 0
+    return summary.exit_code
 
 
 def cmd_slurm_script(a) -> int:
@@ -154,8 +162,11 @@ def cmd_slurm_script(a) -> int:
 
 
 def cmd_verify(a) -> int:
-    from store.verify import verify
+    from store.verify import repair, verify
 
+    if a.repair:
+        for line in repair(a.store):
+            print(line)
     problems = verify(a.store)
     for p in problems:
         print(p)
@@ -272,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the workers as SLURM jobs (dask-jobqueue; see README 'On a cluster')")
     f.add_argument("--cluster-config", metavar="FILE.yaml",
                    help="the `slurm:` block: cores, memory, walltime, queue, gpu, ... (with --cluster)")
+    f.add_argument("--tls-ca", help="CA certificate (PEM) for a tls:// scheduler")
+    f.add_argument("--tls-cert", help="this client's certificate (PEM), signed by that CA")
+    f.add_argument("--tls-key", help="this client's private key (PEM)")
     f.add_argument("--shard", help="i/n: this job's deterministic share of the videos")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(fn=cmd_features)
@@ -290,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="read every finished entry and check it")
     v.add_argument("--store", required=True, type=_store, help="feature store folder to check")
+    v.add_argument("--repair", action="store_true",
+                   help="retire damaged videos (tombstone line, folder kept aside) so `features` redoes them")
     v.set_defaults(fn=cmd_verify)
 
     e = sub.add_parser("export", help="copy one feature key to HDF5")
@@ -366,12 +382,23 @@ def configure_logging(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "emocache-numba"))
+    from store.writer import no_world_write
+
+    no_world_write()
     a = parse(argv)
     configure_logging(a.verbose)
     try:
         return a.fn(a)
     except InputError as e:
         print(f"emocache {a.verb}: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        from store.writer import disk_full_error, is_disk_full
+
+        if not is_disk_full(e):
+            raise
+        print(f"emocache {a.verb}: {disk_full_error(e.filename or a.__dict__.get('store', '?'), e)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"emocache {a.verb}: interrupted; finished videos are kept, re-run to resume",

@@ -184,6 +184,17 @@ def study_path(study) -> Path:
     return p
 
 
+def safe_yaml(text: str, where):
+    """yaml.safe_load; a tag that asks for code (`!!python/object`, ...) is a one-line
+    `unsafe_file` error instead of a ConstructorError traceback."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as e:
+        tag = getattr(e, "problem", "") or str(e)
+        raise InputError(where, "unsafe_file", f"the YAML asks to build a Python object ({tag.strip()})",
+                         "remove the !!python/... tag: study files hold plain values only") from None
+
+
 def available() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
@@ -193,7 +204,7 @@ def load_raw(study, _seen=()) -> dict:
     path = study_path(study)
     if path.resolve() in _seen:
         raise InputError(path, "bad_config", "circular `extends`")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = safe_yaml(path.read_text(), path) or {}
     if not isinstance(raw, dict):
         raise InputError(path, "bad_config", "a study YAML must be a mapping")
     parent = raw.pop("extends", None)
@@ -240,7 +251,7 @@ def apply_overrides(raw: dict, overrides) -> dict:
             node[int(last)] = _typed(yaml.safe_load(text) if text.strip() else None, old, path)
             continue
         old = node.get(last, dnode.get(last) if isinstance(dnode, dict) else None)
-        value = yaml.safe_load(text) if text.strip() else None
+        value = safe_yaml(text, path) if text.strip() else None
         # a field that takes several types (folds.test: a fold or "all") keeps the value as parsed
         node[last] = value if _annotation(keys) is typing.Any else _typed(value, old, path)
     return raw

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from featurize.weights import load_plain
+
 from . import config, data, folds, tasks
 from .checkpoints import write_json
 
@@ -49,7 +51,7 @@ def prepare(cfg: config.StudyConfig, store_root, run_dir: Path, device, progress
         # per-group statistics (e.g. per speaker), each group's own frames, no labels
         gpath = run_dir / "group_norm.pt"
         if gpath.is_file():
-            gnorm = torch.load(gpath, weights_only=True)
+            gnorm = load_plain(gpath)
         else:
             gnorm = data.fit_group_norm(corpus, cfg.data.normalize_by)
             torch.save(gnorm, gpath)
@@ -58,7 +60,7 @@ def prepare(cfg: config.StudyConfig, store_root, run_dir: Path, device, progress
     if cfg.data.normalize:
         norm_path = run_dir / "norm.pt"
         if norm_path.is_file():
-            norm = torch.load(norm_path, weights_only=True)
+            norm = load_plain(norm_path)
         else:
             norm = data.fit_norm(corpus, roles["train"])      # training folds only
             torch.save(norm, norm_path)
@@ -81,4 +83,4 @@ def normalise_like_run(corpus: data.Corpus, cfg: config.StudyConfig, run_dir: Pa
     if cfg.data.normalize_by:
         data.apply_group_norm(corpus, data.fit_group_norm(corpus, cfg.data.normalize_by), cfg.data.normalize_by)
     if (Path(run_dir) / "norm.pt").is_file():
-        data.apply_norm(corpus, torch.load(Path(run_dir) / "norm.pt", weights_only=True))
+        data.apply_norm(corpus, load_plain(Path(run_dir) / "norm.pt"))

@@ -160,8 +160,10 @@ def _load(c: BackboneConfig, path: Path, device):
     else:
         raise InputError(path, "extractor_error", f"unknown backbone arch {c.arch!r}",
                          f"use one of {ARCHS.names()} or torchvision:<name>, or TorchScript (arch='')")
+    from featurize.weights import load_plain
+
+    sd = load_plain(path)  # a pickled model raises unsafe_file, not a load error
     try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
         if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
             sd = sd["state_dict"]
         if model is None:   # an arch whose shapes follow the file (ir50's fc) takes the state dict

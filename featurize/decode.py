@@ -53,12 +53,30 @@ class MediaInfo:
 
 
 def _check_file(path) -> Path:
+    """Before FFmpeg sees it (opening a FIFO would block): missing, a dangling link, a loop,
+    a folder, unreadable -> one InputError each."""
+    import errno
+    import os
+    import stat
+
     p = Path(path)
-    if not p.exists():
-        raise InputError(p, "missing_file", "file not found", "check the path in the manifest")
-    if not p.is_file():
-        raise InputError(p, "not_media", "not a regular file")
-    if p.stat().st_size == 0:
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        if os.path.islink(p):
+            raise InputError(p, "missing_file", f"dangling symbolic link (to {os.readlink(p)!r})",
+                             "point the link at the file, or remove it") from None
+        raise InputError(p, "missing_file", "file not found", "check the path in the manifest") from None
+    except OSError as e:
+        what = "a symbolic link loop" if e.errno == errno.ELOOP else f"unusable path ({e.strerror})"
+        raise InputError(p, "bad_path", what, "fix or remove the link/path") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(p, "bad_path", "a folder named like a media file", "rename or remove it")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(p, "bad_path", "not a regular file (a FIFO, socket or device)", "remove it from the input")
+    if not os.access(p, os.R_OK):
+        raise InputError(p, "bad_path", "not readable (permission denied)", "chmod it readable or remove it")
+    if st.st_size == 0:
         raise InputError(p, "empty_file", "file is empty (0 bytes)", "re-copy or re-download it")
     return p
 
@@ -171,14 +189,15 @@ def iter_frames(path, batch: int = 64, *, threads: int = 1,
 
     Streams: memory is one batch, whatever the length. `t` is each frame's presentation
     time (pts * time_base) in seconds; a frame without pts gets previous + 1/fps.
-    `report` (optional dict) receives frames, partial, error.
+    `report` (optional dict) receives frames, partial, error and rotation (degrees
+    counter-clockwise applied to make frames upright, from the display matrix).
     """
     import av
 
     if batch < 1:
         raise ValueError("batch must be >= 1")
     rep = report if report is not None else {}
-    rep.update(frames=0, partial=False, error=None)
+    rep.update(frames=0, partial=False, error=None, rotation=0)
     c = _open(path)
     try:
         vs = _video_streams(c)
@@ -200,7 +219,7 @@ def iter_frames(path, batch: int = 64, *, threads: int = 1,
         last_t = None
         try:
             for frame in c.decode(v):
-                img = frame.to_ndarray(format="rgb24")
+                img = _upright(frame, rep)
                 if buf is None or buf.shape[1:] != img.shape:
                     if buf is not None and n:  # resolution change mid-stream: flush first
                         yield buf[:n], ts[:n].copy()
@@ -246,6 +265,25 @@ def iter_frames(path, batch: int = 64, *, threads: int = 1,
         rep["frames"] = total
     finally:
         c.close()
+
+
+def _upright(frame, rep: dict) -> np.ndarray:
+    """RGB pixels as a player shows them: the display matrix's rotation applied.
+
+    Phones store portrait video sideways with a rotation in the display matrix; decoded as
+    stored, a face lies on its side (mediapipe found 46/50 at score 0.70 instead of 50/50 at
+    0.93, mesh 0/50). `frame.rotation` is the counter-clockwise angle the matrix rotates by,
+    which is what np.rot90 does for k > 0. Flips in the matrix are not applied."""
+    img = frame.to_ndarray(format="rgb24")
+    try:
+        angle = int(frame.rotation or 0)
+    except (AttributeError, TypeError, ValueError):
+        angle = 0
+    k = int(round(angle / 90.0)) % 4
+    if k:
+        rep["rotation"] = k * 90
+        img = np.ascontiguousarray(np.rot90(img, k))
+    return img
 
 
 def read_audio(path, sr: int = 16000) -> np.ndarray:

@@ -52,6 +52,7 @@ class Summary:
     seconds: float = 0.0
     keys: dict = field(default_factory=dict)         # extractor -> key
     face_rates: dict = field(default_factory=dict)   # video_id -> share of frames with a face (this run)
+    skipped_names: list = field(default_factory=list)  # (path, why): hidden names, link loops
     keep: int = 5
 
     @property
@@ -60,7 +61,8 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed_total else 0
+        """2 when the user must act before a re-run can succeed (a full disk), 1 for failed videos."""
+        return 2 if self.failed.get("disk_full") else 1 if self.failed_total else 0
 
     def add(self, result: dict) -> None:
         status = result["status"]
@@ -86,6 +88,11 @@ class Summary:
                  + (f" in {len(self.failed_ids)} video(s)" if self.failed_ids else "")
                  + (" (" + ", ".join(f"{r} {n}" for r, n in sorted(self.failed.items())) + ")"
                     if self.failed else "")]
+        if self.skipped_names:
+            shown = ", ".join(f"{Path(p).name} ({why})" for p, why in self.skipped_names[:self.keep])
+            more = len(self.skipped_names) - self.keep
+            lines.append(f"  skipped {len(self.skipped_names)} name(s) on purpose: {shown}"
+                         + (f" and {more} more" if more > 0 else ""))
         for name, key in sorted(self.keys.items()):
             lines.append(f"  key {name}/{key}")
         if self.face_rates:
@@ -108,6 +115,14 @@ class Summary:
 
 
 # ---------------------------------------------------------------------------- rows
+
+def split_skipped(rows) -> tuple[list[dict], list[tuple[str, str]]]:
+    """(work rows, (path, why) of rows an adapter listed only to account for them)."""
+    work, skipped = [], []
+    for r in rows:
+        (skipped.append((r.get("path"), r["skipped"])) if r.get("skipped") else work.append(r))
+    return work, skipped
+
 
 def prepare_rows(rows) -> tuple[list[dict], list[tuple[dict, dict]]]:
     """Rows with store-safe ids (original kept), in order; duplicates of an earlier id are
@@ -139,7 +154,7 @@ def write_manifest(rows, store_root, name: str) -> Path:
     """`<store>/datasets/<name>/manifest.jsonl`: where the trainers find the labels."""
     from store.writer import FeatureStore
 
-    ok, _dups = prepare_rows(rows)
+    ok, _dups = prepare_rows(split_skipped(rows)[0])
     safe = name if is_safe_name(name) else sanitize_id(name)
     return FeatureStore(store_root).write_dataset_manifest(safe, ok)
 
@@ -230,6 +245,9 @@ def _worker_setup() -> None:
     global _WORKER_READY
     if _WORKER_READY:
         return
+    from store.writer import no_world_write
+
+    no_world_write()  # an external worker's umask may be 0
     for k, v in WORKER_ENV.items():
         os.environ.setdefault(k, v)
     try:
@@ -257,18 +275,22 @@ def _batch_for(info) -> int:
 class _Out:
     """One extractor's output for one video: its writer opens on the first append."""
 
-    def __init__(self, store_root, spec: Spec, row: dict, manifest_extra: dict):
-        from store.writer import FeatureStore
-
-        self.spec, self.row, self.extra = spec, row, manifest_extra
-        self.handle = FeatureStore(store_root).key(spec.name, spec.key, spec.provenance)
+    def __init__(self, handle, spec: Spec, row: dict, manifest_extra: dict, claim):
+        self.spec, self.row, self.extra, self.handle, self.claim = spec, row, manifest_extra, handle, claim
         self.writer = None
         self.error: tuple[str, str] | None = None
 
     def append(self, arrays: dict) -> None:
-        if self.writer is None:
-            self.writer = self.handle.begin_video(self.row["video_id"], self.row.get("original_id"))
-        self.writer.append(arrays)
+        try:
+            if self.writer is None:
+                self.writer = self.handle.begin_video(self.row["video_id"], self.row.get("original_id"),
+                                                      claim=self.claim)
+            self.writer.append(arrays)
+        except OSError as e:
+            if _is_enospc(e):  # the caller's fail(...) keeps this first reason
+                self.fail("disk_full", f"{self.handle.path}: no space left on the device — fix: free "
+                          "space there and re-run (finished videos are kept)")
+            raise
 
     def fail(self, reason: str, message: str) -> None:
         if self.error is None:
@@ -282,24 +304,31 @@ class _Out:
         base = {"video_id": vid, "extractor": self.spec.name}
         if self.error is None and self.writer is None:
             self.error = ("decode_error", "no frames or samples reached the extractor")
-        if self.error is not None:
-            reason, message = self.error
-            self.handle.record_error(vid, reason, message, self.row.get("original_id"))
-            status = "not_applicable" if reason in NOT_APPLICABLE else "failed"
-            return {**base, "status": status, "reason": reason, "message": message}
-        extra = dict(self.extra)
-        rate = face_rate(attrs)
-        if rate is not None:
-            extra["face_rate"] = rate       # `emocache ls` reads it from the manifest line
         try:
-            self.writer.attrs.update(attrs)
-            line = self.writer.commit(extra)
-        except Exception as e:  # noqa: BLE001  (a store problem for this video only)
-            self.writer.abort()
-            self.handle.record_error(vid, "extractor_error", f"commit failed: {e}", self.row.get("original_id"))
-            return {**base, "status": "failed", "reason": "extractor_error", "message": f"commit failed: {e}"}
-        return {**base, "status": "done", "frames": line["frames"],
-                **({"face_rate": rate} if rate is not None else {})}
+            if self.error is not None:
+                reason, message = self.error
+                _record(self.handle, vid, reason, message, self.row.get("original_id"))
+                status = "not_applicable" if reason in NOT_APPLICABLE else "failed"
+                return {**base, "status": status, "reason": reason, "message": message}
+            extra = dict(self.extra)
+            rate = face_rate(attrs)
+            if rate is not None:
+                extra["face_rate"] = rate       # `emocache ls` reads it from the manifest line
+            try:
+                self.writer.attrs.update(attrs)
+                line = self.writer.commit(extra)
+            except FileExistsError:  # another attempt finished it first: done, and kept as it was
+                return {**base, "status": "skipped", "note": "finished by another writer"}
+            except Exception as e:  # noqa: BLE001  (a store problem for this video only)
+                self.writer.abort()
+                reason = "disk_full" if _is_enospc(e) else "extractor_error"
+                message = f"commit failed: {_message(e)}"
+                _record(self.handle, vid, reason, message, self.row.get("original_id"))
+                return {**base, "status": "failed", "reason": reason, "message": message}
+            return {**base, "status": "done", "frames": line["frames"],
+                    **({"face_rate": rate} if rate is not None else {})}
+        finally:
+            self.claim.release()
 
 
 def face_rate(attrs: dict) -> float | None:
@@ -308,6 +337,21 @@ def face_rate(attrs: dict) -> float | None:
     if not isinstance(n, int) or not isinstance(found, int) or n <= 0:
         return None
     return round(found / n, 4)
+
+
+def _is_enospc(e: BaseException) -> bool:
+    from store.writer import is_disk_full
+
+    return is_disk_full(e)
+
+
+def _record(handle, vid, reason, message, original_id) -> None:
+    """An error line; on a full disk even that may not fit: the Summary still counts it."""
+    try:
+        handle.record_error(vid, reason, message, original_id)
+    except OSError as e:
+        if not _is_enospc(e):
+            raise
 
 
 def _message(e: BaseException) -> str:
@@ -322,12 +366,82 @@ def featurize_video(row: dict, specs: list[Spec], store_root, write: list[str] |
                     keep_partial: bool = False) -> list[dict]:
     """Featurize one video for `specs` (those still to do); returns one result per written
     extractor. `write` names the extractors whose keys are written (default all; `faces` may
-    run only to make crops for a crop extractor whose faces key is already done)."""
+    run only to make crops for a crop extractor whose faces key is already done).
+
+    Idempotent and safe beside other writers (another run on the store, a recomputed Dask
+    task): each written key's video is claimed first (store.claims). A key another attempt
+    has already finished counts as done (status "skipped", no error line); one that a live
+    writer holds is waited for, then taken as that writer left it (done, or its error line)
+    or, if the writer died, redone here."""
+    from store.writer import FeatureStore
+
+    store = FeatureStore(store_root)
+    write = [s.name for s in specs] if write is None else list(write)
+    by_name = {s.name: s for s in specs}
+    handles = {n: store.key(n, by_name[n].key, by_name[n].provenance) for n in write}
+    vid = row["video_id"]
+    results, pending = [], sorted(write)
+    while pending:
+        claims, busy = {}, []
+        for n in pending:
+            h = handles[n]
+            try:
+                c = h.claim(vid)
+            except OSError as e:
+                if not _is_enospc(e):
+                    raise
+                msg = f"{h.path}: no space left on the device — fix: free space there and re-run"
+                _record(h, vid, "disk_full", msg, row.get("original_id"))
+                results.append({"video_id": vid, "extractor": n, "status": "failed",
+                                "reason": "disk_full", "message": msg})
+                continue
+            if c is None:
+                busy.append((n, len(_error_lines(h, vid))))
+            elif h.is_done(vid):
+                c.release()
+                results.append({"video_id": vid, "extractor": n, "status": "skipped",
+                                "note": "finished by another writer"})
+            else:
+                claims[n] = c
+        if claims:
+            crop_needed = any(by_name[n].kind == "crops" for n in claims)
+            run = [s for s in specs if s.name in claims or (s.name == "faces" and crop_needed)]
+            try:
+                results += _featurize_claimed(row, run, handles, claims, keep_partial)
+            finally:
+                for c in claims.values():
+                    c.release()
+        pending = []
+        for n, n_errors in busy:
+            handles[n].wait(vid)
+            lines = _error_lines(handles[n], vid)
+            if handles[n].is_done(vid):
+                results.append({"video_id": vid, "extractor": n, "status": "skipped",
+                                "note": "finished by another writer"})
+            elif len(lines) > n_errors:  # the other writer failed it: its line stands, none added
+                last = lines[-1]
+                status = "not_applicable" if last.get("not_applicable") else "failed"
+                results.append({"video_id": vid, "extractor": n, "status": status,
+                                "reason": last.get("reason"), "message": last.get("message")})
+            else:
+                pending.append(n)  # its writer died: ours now
+    return results
+
+
+def _error_lines(handle, vid) -> list[dict]:
+    from store.reader import ERRORS, read_jsonl
+
+    return [r for r in read_jsonl(handle.path / ERRORS) if r.get("video_id") == vid]
+
+
+def _featurize_claimed(row: dict, specs: list[Spec], handles: dict, claims: dict,
+                       keep_partial: bool) -> list[dict]:
+    """The work itself, for the keys in `claims` (held by this process)."""
     from featurize import decode
 
     _worker_setup()
     registry = _load_registry()
-    write = [s.name for s in specs] if write is None else list(write)
+    write = list(claims)
     path = row.get("path")
     outs: dict[str, _Out] = {}
     extra = {"path": path}
@@ -338,7 +452,7 @@ def featurize_video(row: dict, specs: list[Spec], store_root, write: list[str] |
         pass
     for s in specs:
         if s.name in write:
-            outs[s.name] = _Out(store_root, s, row, extra)
+            outs[s.name] = _Out(handles[s.name], s, row, extra, claims[s.name])
 
     def fail_all(names, reason, message):
         for n in names:
@@ -457,6 +571,7 @@ def _run_video(row, info, specs, outs, attrs, registry, keep_partial) -> int:
             if tail:
                 outs[n].append(tail)
             attrs.setdefault(n, {}).update({"fps": fps, "partial": bool(report.get("partial")),
+                                            "rotation": int(report.get("rotation") or 0),
                                             **(ex.finish() or {})})
         except Exception as e:  # noqa: BLE001
             fail(n, "extractor_error", _message(e))
@@ -526,9 +641,28 @@ def _run_audio(row, info, specs, outs, attrs, registry, keep_partial=False) -> N
 
 # ---------------------------------------------------------------------------- the driver
 
-def dask_client(workers, scheduler, cluster=None, n_videos: int = 0, need_gpu: bool = False):
-    """(client, cluster-or-None). scheduler: None = LocalCluster, 'tcp://...' = existing cluster;
-    cluster: a featurize.cluster.SlurmConfig -> SLURM jobs (dask-jobqueue) adapting to `n_videos`."""
+def tls_security(ca, cert, key):
+    """A distributed.Security for `--scheduler tls://...`: mutual TLS with our CA (the scheduler
+    refuses a client without a certificate the CA signed), encryption required."""
+    from distributed.security import Security
+
+    given = {"--tls-ca": ca, "--tls-cert": cert, "--tls-key": key}
+    missing = [k for k, v in given.items() if not v]
+    if missing:
+        raise InputError(", ".join(missing), "bad_config", "TLS needs all of --tls-ca, --tls-cert and --tls-key",
+                         "give the CA file, this client's certificate and its key (PEM)")
+    for flag, path in given.items():
+        if not os.path.isfile(path):
+            raise InputError(path, "missing_file", f"{flag} file not found", "check the path")
+    return Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
+
+
+def dask_client(workers, scheduler, cluster=None, n_videos: int = 0, need_gpu: bool = False,
+                security=None):
+    """(client, cluster-or-None). scheduler: None = LocalCluster on 127.0.0.1 (dashboard too:
+    nothing listens beyond this machine), 'tcp://...'/'tls://...' = existing cluster
+    (`security` from tls_security for tls); cluster: a featurize.cluster.SlurmConfig -> SLURM
+    jobs (dask-jobqueue) adapting to `n_videos`."""
     import dask
     from distributed import Client, LocalCluster
 
@@ -540,9 +674,13 @@ def dask_client(workers, scheduler, cluster=None, n_videos: int = 0, need_gpu: b
         jobs = slurm_cluster(cluster, n_videos, need_gpu=need_gpu)
         return Client(jobs), jobs
     if scheduler:
+        if str(scheduler).startswith("tls://") and security is None:
+            raise InputError(scheduler, "bad_config", "a tls:// scheduler needs certificates",
+                             "add --tls-ca CA.pem --tls-cert CLIENT.pem --tls-key CLIENT.key")
+        extra = {"security": security} if security is not None else {}
         if os.path.isfile(str(scheduler)):     # a --scheduler-file
-            return Client(scheduler_file=str(scheduler)), None
-        return Client(str(scheduler)), None
+            return Client(scheduler_file=str(scheduler), **extra), None
+        return Client(str(scheduler), **extra), None
     n = int(workers or os.cpu_count() or 1)
     env = dict(WORKER_ENV)
     if os.environ.get("NUMBA_CACHE_DIR"):
@@ -554,7 +692,7 @@ def dask_client(workers, scheduler, cluster=None, n_videos: int = 0, need_gpu: b
     with dask.config.set({"distributed.worker.multiprocessing-method": "spawn",
                           "distributed.nanny.pre-spawn-environ": dict(WORKER_ENV)}):
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env,
-                               dashboard_address=":0")
+                               host="127.0.0.1", dashboard_address="127.0.0.1:0")
     return Client(cluster), cluster
 
 
@@ -580,7 +718,7 @@ def _plan_videos(rows, specs, handles):
 def run_features(rows, store_root, extractors, overrides: dict | None = None, workers: int | None = None,
                  scheduler: str | None = None, shard: tuple[int, int] | None = None,
                  progress: bool = True, keep_partial: bool = False, echo: bool = True, cluster=None,
-                 gpu_resource: bool | None = None) -> Summary:
+                 gpu_resource: bool | None = None, security=None) -> Summary:
     """Featurize `rows` into `store_root` with `extractors` (names; `overrides` {name: {field: value}}).
 
     scheduler: None -> a LocalCluster of `workers` (default: cores) single-threaded processes;
@@ -591,13 +729,14 @@ def run_features(rows, store_root, extractors, overrides: dict | None = None, wo
     from store.writer import FeatureStore
 
     t0 = time.monotonic()
+    rows, skipped_names = split_skipped(rows)
     ok, dups = prepare_rows(rows)
     ok = _shard(ok, shard)
     keep_ids = {r["video_id"] for r in ok}
     specs = plan_extractors(extractors, overrides)
     store = FeatureStore(store_root)
     handles = {s.name: store.key(s.name, s.key, s.provenance) for s in specs}
-    summary = Summary(videos=len(ok), keys={s.name: s.key for s in specs})
+    summary = Summary(videos=len(ok), keys={s.name: s.key for s in specs}, skipped_names=skipped_names)
 
     for dup, first in dups:
         if dup["video_id"] not in keep_ids:
@@ -629,7 +768,7 @@ def run_features(rows, store_root, extractors, overrides: dict | None = None, wo
             if gpu_resource is None:
                 gpu_resource = getattr(cluster, "gpu", None) is not None
             _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, collect, handles,
-                      cluster=cluster, gpu_resource=gpu_resource)
+                      cluster=cluster, gpu_resource=gpu_resource, security=security)
     summary.seconds = time.monotonic() - t0
     if echo:                # predict reports a failure itself, once
         print(summary, flush=True)
@@ -662,14 +801,14 @@ def _split_gpu(todo) -> list[tuple]:
 
 
 def _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, collect, handles,
-              cluster=None, gpu_resource=False):
+              cluster=None, gpu_resource=False, security=None):
     from distributed import as_completed
 
     tasks = _split_gpu(todo) if gpu_resource else [(r, n, w, None) for r, n, w in todo]
     if not scheduler:  # no idle local workers: each one would load every model
         workers = min(int(workers or os.cpu_count() or 1), len(todo))
     client, cluster = dask_client(workers, scheduler, cluster=cluster, n_videos=len(todo),
-                                  need_gpu=any(res for *_x, res in tasks))
+                                  need_gpu=any(res for *_x, res in tasks), security=security)
     owned = client is not scheduler
     try:
         _preload(client, tasks)
@@ -680,17 +819,22 @@ def _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, coll
                                     f"{time.monotonic_ns()}", pure=False, resources=res)
             futures[fut] = (row, need, write)
         bar = _bar(len(futures), progress)
-        for fut in as_completed(futures):
-            row, need, write = futures[fut]
+        done = as_completed(list(futures))
+        for fut in done:
+            row, need, write = futures.pop(fut)
             try:
                 results = fut.result()
             except Exception as e:  # noqa: BLE001  (a worker died: KilledWorker, ...)
                 msg = f"task failed outside the extractors: {_message(e)}"
                 results = []
                 for n in write:
-                    handles[n].record_error(row["video_id"], "extractor_error", msg, row.get("original_id"))
+                    _record(handles[n], row["video_id"], "extractor_error", msg, row.get("original_id"))
                     results.append({"video_id": row["video_id"], "extractor": n, "status": "failed",
                                     "reason": "extractor_error", "message": msg})
+            # Let go of the finished task at once: a future still held is one the scheduler
+            # recomputes when the worker holding its result dies.
+            fut.release()
+            del fut
             collect(results)
             bar.update(1)
         bar.close()

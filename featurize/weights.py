@@ -61,3 +61,23 @@ def model_path(name: str, sha256: str | None = None) -> Path:
                              f"model file {base} has sha256 {got[:12]}..., expected {expected[:12]}...",
                              "delete it and run `make models` to fetch the right file")
     return p
+
+
+def load_plain(path, map_location="cpu"):
+    """`torch.load(weights_only=True)` with the refusal as a one-line user error.
+
+    A checkpoint that needs code to load (a pickled model or class, not a plain state dict)
+    can run anything on load; it is refused as `unsafe_file`, never loaded with
+    weights_only=False."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(str(path), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(path, "unsafe_file",
+                         f"not a plain state dict: loading it would run code ({first[:160]})",
+                         "save model.state_dict() (tensors and plain values) with torch.save; "
+                         "emocache never unpickles code") from None

@@ -4,6 +4,7 @@ REASONS = (
     "missing_file", "empty_file", "not_media", "truncated", "unsupported_codec", "decode_error",
     "no_video_stream", "no_audio_stream", "duplicate_id", "bad_id", "bad_labels",
     "extractor_error", "missing_key", "ambiguous_key", "key_conflict", "missing_video", "bad_config",
+    "damaged", "bad_path", "disk_full", "unsafe_file",
 )
 # Normal for some inputs (a wav has no frames for `faces`): recorded, never counted as failures.
 NOT_APPLICABLE = frozenset({"no_video_stream", "no_audio_stream"})

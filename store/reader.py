@@ -52,10 +52,15 @@ def read_jsonl(path) -> list[dict]:
 
 
 def _last_per_id(rows: list[dict]) -> dict[str, dict]:
+    """The last line per id wins; a tombstone (`"retired": true`, from `verify --repair`) as the
+    last line means the id is not done any more."""
     out: dict[str, dict] = {}
     for row in rows:
         if isinstance(row.get("video_id"), str):
-            out[row["video_id"]] = row
+            if row.get("retired"):
+                out.pop(row["video_id"], None)
+            else:
+                out[row["video_id"]] = row
     return out
 
 
@@ -153,27 +158,77 @@ def _missing_video(root, extractor, key, video_id) -> InputError:
                       fix="featurize it first (`emocache features`) or drop it from the list")
 
 
-def _open_arrays(vdir: Path, names) -> tuple:
-    """Opens only the arrays asked for: listing the group costs as much as reading a small array."""
-    group = zarr.open_group(str(vdir), mode="r")
+def _damaged(vdir: Path, what: str) -> InputError:
+    root = vdir.parents[3]  # <root>/features/<extractor>/<key>/<video_id>
+    return InputError(vdir, "damaged", f"video {vdir.name!r} is damaged: {what}",
+                      fix=f"run `emocache verify --store {root} --repair`, then `emocache features` "
+                          "again to redo exactly the damaged videos")
+
+
+def _chunks_expected(arr) -> int:
+    return int(np.prod([-(-s // c) for s, c in zip(arr.shape, arr.chunks)])) if arr.size else 0
+
+
+def check_against_manifest(vdir: Path, handles: dict, row: dict) -> None:
+    """Shapes and dtypes as the manifest line recorded them, every chunk file present.
+
+    Zarr returns the fill value for a missing chunk file, so without this a lost chunk reads
+    as zeros. Listing a chunk folder costs ~20 us per array here, against ms for the read."""
+    recorded = row.get("arrays") or {}
+    for name, arr in handles.items():
+        if name in recorded:
+            shape, dtype = recorded[name]
+            if list(arr.shape) != list(shape) or str(arr.dtype) != dtype:
+                raise _damaged(vdir, f"{name} is {list(arr.shape)} {arr.dtype} on disk, "
+                                     f"the manifest recorded {list(shape)} {dtype}")
+        elif "frames" in row and arr.shape[0] != row["frames"]:
+            raise _damaged(vdir, f"{name} has {arr.shape[0]} frames, the manifest recorded {row['frames']}")
+        have, want = arr.nchunks_initialized, _chunks_expected(arr)
+        if have < want:
+            raise _damaged(vdir, f"{name}: {want - have} of {want} chunk files missing")
+
+
+def _open_arrays(vdir: Path, names, row: dict | None = None) -> tuple:
+    """Opens only the arrays asked for: listing the group costs as much as reading a small array.
+    With the video's manifest line, what is opened is checked against it (damage raises)."""
+    try:
+        group = zarr.open_group(str(vdir), mode="r")
+    except Exception as e:  # noqa: BLE001  (no folder, no or broken zarr.json)
+        if row is None:
+            raise
+        raise _damaged(vdir, f"cannot open its group ({type(e).__name__}: {e})") from None
     if names is None:
-        names = sorted(group.array_keys())
+        names = sorted(row["arrays"]) if row and row.get("arrays") else sorted(group.array_keys())
     handles = {}
     for name in names:
         try:
             handles[name] = group[name]
         except KeyError:
+            if row is not None and name in (row.get("arrays") or {}):
+                raise _damaged(vdir, f"array {name!r} is in its manifest line but not on disk") from None
             raise InputError(vdir, "missing_video", f"no array {name!r} (has: {sorted(group.array_keys())})",
                              fix="ask only for arrays this extractor writes") from None
+        except Exception as e:  # noqa: BLE001  (broken array metadata)
+            raise _damaged(vdir, f"array {name!r} cannot be opened ({type(e).__name__}: {e})") from None
+    if row is not None:
+        check_against_manifest(vdir, handles, row)
     return group, handles
+
+
+def _read_whole(vdir: Path, name: str, handle):
+    try:
+        return handle[...]
+    except Exception as e:  # noqa: BLE001  (a truncated or garbled chunk file)
+        raise _damaged(vdir, f"{name}: chunks unreadable ({type(e).__name__}: {e})") from None
 
 
 def read_video(root, extractor, key, video_id, arrays=None) -> tuple[dict[str, np.ndarray], dict]:
     index = _manifest_index(root, extractor, key)
     if video_id not in index:
         raise _missing_video(root, extractor, key, video_id)
-    group, handles = _open_arrays(key_dir(root, extractor, key) / video_id, arrays)
-    return {n: a[...] for n, a in handles.items()}, dict(group.attrs)
+    vdir = key_dir(root, extractor, key) / video_id
+    group, handles = _open_arrays(vdir, arrays, index[video_id])
+    return {n: _read_whole(vdir, n, a) for n, a in handles.items()}, dict(group.attrs)
 
 
 @dataclass
@@ -223,12 +278,11 @@ def read_concat(root, extractor, key, video_ids, arrays=("data", "mask", "t")) -
     out = {n: np.empty((total,) + specs[n][1], dtype=specs[n][0]) for n in names}
     attrs = []
     for i, vid in enumerate(video_ids):
-        group, handles = _open_arrays(kdir / vid, names)
+        group, handles = _open_arrays(kdir / vid, names, index[vid])
         lo, hi = int(offsets[i]), int(offsets[i + 1])
         for n, handle in handles.items():
             if handle.shape[0] != hi - lo:
-                raise ValueError(f"{kdir / vid}/{n}: {handle.shape[0]} frames, manifest says {hi - lo}"
-                                 " (run `emocache verify`)")
-            out[n][lo:hi] = handle[...]
+                raise _damaged(kdir / vid, f"{n} has {handle.shape[0]} frames, the manifest recorded {hi - lo}")
+            out[n][lo:hi] = _read_whole(kdir / vid, n, handle)
         attrs.append(dict(group.attrs))
     return Concat(arrays=out, offsets=offsets, video_ids=video_ids, attrs=attrs)

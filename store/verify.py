@@ -7,15 +7,22 @@ every other line means data that cannot be trusted.
 from __future__ import annotations
 
 import json
+import os
+import uuid
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import zarr
 
+from .claims import CLAIM_PREFIX, is_stale, read_claim
 from .keys import key_from_provenance
 from .reader import ERRORS, EXTRACTOR_JSON, MANIFEST, _key_folders, _last_per_id, read_jsonl
-from .writer import temp_owner
+from .writer import append_jsonl, temp_owner
+
+
+RETIRED_PREFIX = ".retired-"
 
 
 def verify(root) -> list[str]:
@@ -23,6 +30,31 @@ def verify(root) -> list[str]:
     for _extractor, kdir in _key_folders(root):
         problems += _verify_key(kdir)
     return problems
+
+
+def repair(root) -> list[str]:
+    """Retire every damaged finished video: its folder moves aside to `.retired-<id>-<hex8>`
+    (kept for inspection, nothing deleted) and a tombstone line `{"retired": true}` goes into
+    the manifest, so the next `emocache features` run redoes exactly those videos.
+    Returns one line per retired video."""
+    done = []
+    for _extractor, kdir in _key_folders(root):
+        rows = _last_per_id(read_jsonl(kdir / MANIFEST))
+        for vid, row in sorted(rows.items()):
+            vdir = kdir / vid
+            try:
+                found = _verify_video(vdir, row) if vdir.is_dir() else ["manifest line but no video folder"]
+            except Exception as exc:  # noqa: BLE001
+                found = [f"unreadable ({type(exc).__name__}: {exc})"]
+            if not found:
+                continue
+            if vdir.is_dir():
+                os.rename(vdir, kdir / f"{RETIRED_PREFIX}{vid}-{uuid.uuid4().hex[:8]}")
+            append_jsonl(kdir / MANIFEST, {
+                "video_id": vid, "retired": True, "reason": "damaged", "problems": found,
+                "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            done.append(f"{vdir}: retired ({'; '.join(found)})")
+    return done
 
 
 def _read_jsonl_noting(path: Path, problems: list[str]) -> list[dict]:
@@ -52,8 +84,17 @@ def _verify_key(kdir: Path) -> list[str]:
     rows = _last_per_id(_read_jsonl_noting(kdir / MANIFEST, problems))
     _read_jsonl_noting(kdir / ERRORS, problems)
     folders = {p.name for p in kdir.iterdir() if p.is_dir()}
+    for claim in sorted(kdir.glob(f"{CLAIM_PREFIX}*")):
+        info = read_claim(claim)
+        who = f"{(info or {}).get('host')} pid {(info or {}).get('pid')}"
+        state = ("its writer is gone; the next writer of it breaks the claim" if is_stale(claim, info)
+                 else "being written now")
+        problems.append(f"warning: {claim}: claim by {who} ({state})")
     for name in sorted(folders):
-        if temp_owner(name) is not None:
+        if name.startswith(RETIRED_PREFIX):
+            problems.append(f"warning: {kdir / name}: a damaged video retired by `verify --repair` "
+                            "(kept for inspection; delete it when done)")
+        elif temp_owner(name) is not None:
             problems.append(f"warning: {kdir / name}: leftover temp folder of an unfinished write "
                             f"(a re-run of {temp_owner(name)!r} removes it)")
         elif not name.startswith(".") and name not in rows:

@@ -6,6 +6,7 @@ nothing visible, and a re-run cleans up and rewrites.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from . import claims as _claims
 from .errors import NOT_APPLICABLE, InputError
 from .keys import canonical_json, is_safe_name, key_from_provenance
 from .reader import (ERRORS, EXTRACTOR_JSON, MANIFEST, _is_not_applicable, _last_per_id, key_dir,
@@ -71,13 +73,39 @@ def append_jsonl(path, row: dict) -> None:
         os.close(fd)  # closing releases the lock
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def no_world_write() -> None:
+    """Mask the world-write bit for this process's new files (a umask of 0, common in
+    containers, would make store and run files writable by anyone on a shared machine)."""
+    old = os.umask(0o022)
+    os.umask(old | 0o002)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(path, e: OSError) -> InputError:
+    return InputError(path, "disk_full", f"no space left on the device ({e.strerror})",
+                      fix="free space (or raise the quota) there, or point --store elsewhere; "
+                          "finished videos are kept and a re-run resumes")
+
+
+def atomic_write_text(path, text: str) -> None:
+    """The one atomic-write helper for small files: temp in the same folder, fsync, rename.
+    On any failure (a full disk) the temp is removed and the old file stays as it was."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    with tmp.open("w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(e):
+            raise disk_full_error(path, e) from None
+        raise
 
 
 def _fsync_dir(path: Path) -> None:
@@ -92,6 +120,10 @@ def _check_name(kind: str, name: str, where) -> None:
     if not is_safe_name(name):
         raise InputError(where, "bad_id", f"{kind} {name!r} is not a safe folder name",
                          fix="pass it through store.sanitize_id and keep the original as original_id")
+
+
+class VideoBusy(Exception):
+    """Another live writer holds this video's claim: wait for it (`KeyHandle.wait`) or move on."""
 
 
 class FeatureStore:
@@ -117,13 +149,17 @@ class FeatureStore:
         text = canonical_json(to_jsonable(provenance))
         if not target.exists():
             tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
-            tmp.write_text(text)
             try:
+                tmp.write_text(text)
                 os.link(tmp, target)
             except FileExistsError:
                 pass
+            except OSError as e:
+                if is_disk_full(e):
+                    raise disk_full_error(target, e) from None
+                raise
             finally:
-                tmp.unlink()
+                tmp.unlink(missing_ok=True)
         try:
             existing = canonical_json(json.loads(target.read_text()))
         except ValueError as exc:
@@ -142,7 +178,7 @@ class FeatureStore:
         path = self._dataset_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         body = "".join(json.dumps(r, ensure_ascii=True, default=_json_default) + "\n" for r in rows)
-        _atomic_write_text(path, body)
+        atomic_write_text(path, body)
         return path
 
     def read_dataset_manifest(self, name: str) -> list[dict]:
@@ -173,20 +209,50 @@ class KeyHandle:
             return None
         return "not_applicable" if _is_not_applicable(row) else "failed"
 
+    def is_done(self, video_id: str) -> bool:
+        """Cheap when not done: a manifest line only ever follows the rename into place."""
+        return (self.path / video_id).exists() and video_id in self.done_ids()
+
+    def claim(self, video_id: str) -> "_claims.Claim | None":
+        """This process's claim on `video_id` (None while another live writer holds it)."""
+        _check_name("video id", video_id, self.path)
+        return _claims.try_claim(self.path, video_id)
+
+    def wait(self, video_id: str, timeout: float | None = None) -> None:
+        """Until no live writer holds `video_id`."""
+        _claims.wait_claim(self.path, video_id, timeout=timeout)
+
     def begin_video(self, video_id: str, original_id: str | None = None,
-                    chunk_frames: int = 512) -> "VideoWriter":
-        """Clears what a crashed run of this video left behind; a done video is never touched."""
+                    chunk_frames: int = 512, claim: "_claims.Claim | None" = None) -> "VideoWriter":
+        """Claims the video (or takes the caller's claim), then clears what a crashed writer of
+        it left behind; a done video is never touched, a claimed one raises VideoBusy."""
         _check_name("video id", video_id, self.path)
         if int(chunk_frames) < 1:
             raise ValueError("chunk_frames must be >= 1")
-        if video_id in self.done_ids():
-            raise FileExistsError(f"{self.path / video_id}: already done (its manifest line exists); "
-                                  "check status() before begin_video()")
-        self._remove_leftovers(video_id)
-        temp = self.path / f"{TEMP_PREFIX}{video_id}-{uuid.uuid4().hex[:8]}"
-        return VideoWriter(self, video_id, original_id, temp, int(chunk_frames))
+        own = claim is None
+        if own:
+            claim = self.claim(video_id)
+            if claim is None:
+                raise VideoBusy(f"{self.path / video_id}: another live writer holds it "
+                                f"({_claims.CLAIM_PREFIX}{video_id})")
+        try:
+            if self.is_done(video_id):
+                raise FileExistsError(f"{self.path / video_id}: already done (its manifest line exists); "
+                                      "check status() before begin_video()")
+            self._remove_leftovers(video_id)
+            temp = self.path / f"{TEMP_PREFIX}{video_id}-{uuid.uuid4().hex[:8]}"
+            try:
+                return VideoWriter(self, video_id, original_id, temp, int(chunk_frames), claim)
+            except BaseException:
+                shutil.rmtree(temp, ignore_errors=True)  # e.g. a full disk mid group creation
+                raise
+        except BaseException:
+            if own:
+                claim.release()
+            raise
 
     def _remove_leftovers(self, video_id: str) -> None:
+        """Only under this video's claim: any temp folder of it is a dead writer's."""
         final = self.path / video_id
         if final.exists():  # renamed but never announced: a crash between rename and manifest
             shutil.rmtree(final)
@@ -208,8 +274,10 @@ class KeyHandle:
 class VideoWriter:
     """Streams one video's arrays to disk a time-chunk at a time; memory stays at one chunk per array."""
 
-    def __init__(self, handle: KeyHandle, video_id: str, original_id, temp: Path, chunk_frames: int):
+    def __init__(self, handle: KeyHandle, video_id: str, original_id, temp: Path, chunk_frames: int,
+                 claim: "_claims.Claim"):
         self.handle, self.video_id, self.temp, self.chunk = handle, video_id, temp, chunk_frames
+        self.claim = claim
         self.original_id = original_id if original_id is not None else video_id
         self.attrs: dict = {"original_id": self.original_id}
         self._group = zarr.open_group(str(temp), mode="w")
@@ -309,6 +377,7 @@ class VideoWriter:
                 arr.resize((hi,) + arr.shape[1:])
             arr[lo:hi] = slabs[name]
         self._written = hi
+        self.claim.heartbeat()
 
     def _manifest_line(self, extra: dict | None) -> dict:
         extra = to_jsonable(extra or {})
@@ -333,13 +402,26 @@ class VideoWriter:
             self._make_array(name, 0)
         self._group.attrs.update(to_jsonable(self.attrs))
         final = self.handle.path / self.video_id
-        os.rename(self.temp, final)
+        if not self.claim.still_ours():  # our claim was broken (a lease ran out): not ours to finish
+            self.abort()
+            raise VideoBusy(f"{final}: this writer's claim was taken over; its work is dropped")
+        try:
+            os.rename(self.temp, final)  # never replaces a finished (non-empty) video folder
+        except OSError as e:
+            self.abort()
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise FileExistsError(f"{final}: finished by another writer; kept as it is") from None
+            raise
         _fsync_dir(self.handle.path)  # the rename must be durable before the line that announces it
         self._closed = True
-        self.handle._announce(line)
+        try:
+            self.handle._announce(line)
+        finally:
+            self.claim.release()
         return line
 
     def abort(self) -> None:
         self._closed = True
         self._buffers = {}
         shutil.rmtree(self.temp, ignore_errors=True)
+        self.claim.release()

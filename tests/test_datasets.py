@@ -44,8 +44,9 @@ def test_generic_folder_with_labels(tmp_path):
                                          "gone.mp4,fear,test\n")
     rows = datasets.build("generic", tmp_path, labels=tmp_path / "labels.csv")
     check_rows(rows)
-    by = {r["original_id"]: r for r in rows}
+    by = {r["original_id"]: r for r in rows if not r.get("skipped")}
     assert set(by) == {"a", "b", "gone"}           # hidden folder and txt skipped; missing file kept
+    assert [(r["original_id"], r["skipped"]) for r in rows if r.get("skipped")] == [(".hidden", "hidden folder")]
     assert by["a"]["labels"] == {"label": "happy"} and by["a"]["split"] == "train"
     assert by["b"]["split"] == "val"
     assert by["gone"]["path"].endswith("gone.mp4")

@@ -50,7 +50,7 @@ def test_probe_and_stream_real_mp4(shared_data):
         sizes.append(len(frames))
         ts.append(t)
     t = np.concatenate(ts)
-    assert sizes == [32, 32, 8] and rep == {"frames": 72, "partial": False, "error": None}
+    assert sizes == [32, 32, 8] and rep == {"frames": 72, "partial": False, "error": None, "rotation": 0}
     assert np.all(np.diff(t) > 0) and np.allclose(np.diff(t), 1 / 30, atol=1e-3)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from store.errors import InputError
 
-from .common import ADAPTERS, make_row, read_manifest_jsonl
+from .common import ADAPTERS, make_row, read_manifest_jsonl, skipped_names
 
 def _load_adapters():
     # importing an adapter module registers it (they import nothing heavy)
@@ -58,7 +58,12 @@ def build(name: str | None, input_path, **options) -> list[dict]:
         if path.is_file() and path.suffix == ".jsonl":
             return read_manifest_jsonl(path)
         name = "demo" if (path / "corpus.json").is_file() else "generic"
-    return get(name)(path, **options)
+    rows = get(name)(path, **options)
+    # names left out on purpose still show: the pipeline lists them as skipped, never as work
+    dataset = rows[0].get("dataset") if rows else name
+    for p, why in skipped_names(path):
+        rows.append(make_row(p.name, p, dataset, skipped=why))
+    return rows
 
 
 def build_rows(input_path, dataset: str | None = None, **options) -> list[dict]:

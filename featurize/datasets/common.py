@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 from featurize.registry import Registry
@@ -48,21 +49,56 @@ def make_row(original_id: str, path, dataset: str, *, split=None, fold=None, gro
     return row
 
 
-def find_media(root, exts=MEDIA_EXTS, recursive: bool = True) -> list[Path]:
-    """Media files under `root` (sorted, hidden files and folders skipped)."""
-    root = Path(root)
-    if root.is_file():
-        return [root]
-    exts = tuple(e.lower() for e in exts)
-    it = root.rglob("*") if recursive else root.iterdir()
-    out = []
-    for p in it:
-        rel = p.relative_to(root).parts
-        if any(part.startswith(".") for part in rel):
+def _walk_media(root: Path, exts, recursive: bool):
+    """(media, skipped): every name with a media extension, whatever it turns out to be.
+
+    Dangling links, link loops, folders and FIFOs named like media are media here: they
+    get rows, and the pipeline fails those rows with a reason (`missing_file`, `bad_path`)
+    instead of dropping them. Folder links are followed (a corpus linked in from elsewhere),
+    each real folder once. Hidden names are `skipped` as (path, why)."""
+    media, skipped, seen = [], [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+            ident = (st.st_dev, st.st_ino)
+        except OSError:
+            ident = None
+        if ident in seen:
+            skipped.append((Path(dirpath), "folder link loop (already listed)"))
+            dirnames[:] = []
             continue
-        if p.is_file() and p.suffix.lower() in exts:
-            out.append(p)
-    return sorted(out)
+        seen.add(ident)
+        keep = []
+        for d in sorted(dirnames):
+            full = Path(dirpath) / d
+            if d.startswith("."):
+                skipped.append((full, "hidden folder"))
+            elif d.lower().endswith(exts):
+                media.append(full)  # a folder named like a video: a row that fails bad_path
+            else:
+                keep.append(d)
+        dirnames[:] = keep if recursive else []
+        for f in filenames:
+            if not f.lower().endswith(exts):
+                continue
+            full = Path(dirpath) / f
+            (skipped.append((full, "hidden name")) if f.startswith(".") else media.append(full))
+    return sorted(media), sorted(skipped)
+
+
+def find_media(root, exts=MEDIA_EXTS, recursive: bool = True) -> list[Path]:
+    """Every media name under `root`, sorted; hidden files and folders left out (they are
+    listed by `hidden_names`, and the summary names them)."""
+    root = Path(root)
+    if not root.is_dir():
+        return [root]
+    return _walk_media(root, tuple(e.lower() for e in exts), recursive)[0]
+
+
+def skipped_names(root, exts=MEDIA_EXTS) -> list[tuple[Path, str]]:
+    """(path, why) for the names `find_media` leaves out on purpose (hidden, folder loops)."""
+    root = Path(root)
+    return _walk_media(root, tuple(e.lower() for e in exts), True)[1] if root.is_dir() else []
 
 
 def one_per_stem(paths: list[Path], prefer=VIDEO_EXTS + AUDIO_EXTS) -> dict[str, Path]:

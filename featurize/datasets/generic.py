@@ -15,6 +15,13 @@ from store.errors import InputError
 from .common import ADAPTERS, MEDIA_EXTS, find_media, make_row, read_csv_dicts, require_dir
 
 
+def _real(p: Path) -> Path:
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: its row fails with bad_path later
+        return p.absolute()
+
+
 def _ids(root: Path, paths: list[Path]) -> dict[Path, str]:
     stems = [p.stem for p in paths]
     unique = len(set(stems)) == len(stems)
@@ -41,13 +48,14 @@ def build(input_path, labels=None, recursive: bool = True, exts=MEDIA_EXTS,
         for r in table:
             p = Path(r["path"])
             by_path[(p if p.is_absolute() else base / p).resolve()] = r
+        have = {_real(m) for m in media}
         for p in by_path:
-            if p not in {m.resolve() for m in media}:
+            if p not in have:
                 media.append(p)
     ids = _ids(base, media)
     rows = []
     for p in media:
-        r = by_path.get(p.resolve(), {})
+        r = by_path.get(_real(p), {})
         lab = {label_name: r["label"]} if r.get("label") else {}
         lab.update({k: v for k, v in r.items() if k not in ("path", "label", "split") and v != ""})
         rows.append(make_row(ids[p], p, dataset, split=r.get("split"), labels=lab))
