@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from featurize.registry import Registry
 from heads import metrics
 from store.errors import InputError
 
 POOL_STATS = ("mean", "std", "p10", "p90")
-MODELS = ("logreg", "linear_svm")
+# linear models a baseline can name (``model``): @MODELS.register("name") def make(C, seed)
+MODELS = Registry("baseline model")
 
 
 @dataclass
@@ -66,7 +68,7 @@ def parse_specs(raw) -> list[BaselineSpec]:
         spec = BaselineSpec(**item)
         if spec.model not in MODELS:
             raise InputError("<config>", "bad_config", f"baselines[{i}].model {spec.model!r}",
-                             fix=f"one of {', '.join(MODELS)}")
+                             fix=f"one of {', '.join(MODELS.names())}")
         spec.features = list(spec.features) if isinstance(spec.features, (list, tuple)) else [spec.features]
         spec.C = float(spec.C)
         out.append(spec)
@@ -204,17 +206,25 @@ def egemaps_functionals(paths, feature_set: str = "egemaps") -> np.ndarray:
 # ----------------------------------------------------------------------------- fitting
 
 
-def _model(spec: BaselineSpec, seed: int):
+@MODELS.register("logreg")
+def logreg(C: float, seed: int):
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+
+    return LogisticRegression(C=C, max_iter=5000)
+
+
+@MODELS.register("linear_svm")
+def linear_svm(C: float, seed: int):
     from sklearn.svm import LinearSVC
 
-    if spec.model == "logreg":
-        clf = LogisticRegression(C=spec.C, max_iter=5000)
-    else:
-        clf = LinearSVC(C=spec.C, max_iter=20000, random_state=seed)
-    return make_pipeline(StandardScaler(), clf)
+    return LinearSVC(C=C, max_iter=20000, random_state=seed)
+
+
+def _model(spec: BaselineSpec, seed: int):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), MODELS.get(spec.model)(spec.C, seed))
 
 
 def _scores(pred: np.ndarray, true: np.ndarray, n: int) -> dict:
