@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,9 +51,9 @@ def _tuples(x):
 
 
 def _save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from store.writer import atomic_write
+
+    atomic_write(path, lambda fh: torch.save(obj, fh), binary=True)
 
 
 def save_checkpoint(path: Path, model, opt, sched, scaler, state: State, gen) -> None:
@@ -95,10 +94,9 @@ def load_weights(model, path: Path, device) -> None:
 
 def write_json(obj, path: Path) -> None:
     """Atomic JSON (numpy scalars, tensors and paths written as plain values)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_jsonable, allow_nan=True))
-    os.replace(tmp, path)
+    from store.writer import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, indent=1, default=_jsonable, allow_nan=True))
 
 
 def _jsonable(o):

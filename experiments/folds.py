@@ -7,7 +7,6 @@ ABAW2 fold runs started weeks apart hold out the same videos.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,13 +153,12 @@ def load_or_create(store_root, dataset: str, rows: list[dict], spec: FoldSpec) -
                              f"{len(extra)} gone, e.g. {extra[:3]})",
                              fix=f"delete {path} to re-assign folds (or use another folds.seed)")
         return folds
+    from store.writer import atomic_write_text
+
     folds = assign(rows, spec)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        for vid in sorted(folds):
-            f.write(json.dumps({"video_id": vid, "fold": folds[vid]}, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps({"video_id": vid, "fold": folds[vid]}, sort_keys=True) + "\n"
+                                    for vid in sorted(folds)))
     return folds
 
 

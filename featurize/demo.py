@@ -232,8 +232,8 @@ def write_demo_corpus(out_dir, n: int = 16, seconds: float = 20.0, fps: int = 25
             "params": {**asdict(params), "size": [w, h]},
             "label_columns": ["valence", "arousal"], "label_range": [-1.0, 1.0],
             "clips": clips}
+    from store.writer import atomic_write_text
+
     path = out_dir / "corpus.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(meta, indent=1))
     return path

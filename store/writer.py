@@ -90,14 +90,15 @@ def disk_full_error(path, e: OSError) -> InputError:
                           "finished videos are kept and a re-run resumes")
 
 
-def atomic_write_text(path, text: str) -> None:
-    """The one atomic-write helper for small files: temp in the same folder, fsync, rename.
+def atomic_write(path, fill, binary: bool = False) -> None:
+    """The one atomic-write helper: ``fill(fh)`` writes into a temp in the same folder, then
+    fsync and rename over ``path`` (``binary``: the file is opened "wb", e.g. for torch.save).
     On any failure (a full disk) the temp is removed and the old file stays as it was."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     try:
-        with tmp.open("w") as fh:
-            fh.write(text)
+        with tmp.open("wb" if binary else "w") as fh:
+            fill(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -106,6 +107,11 @@ def atomic_write_text(path, text: str) -> None:
         if is_disk_full(e):
             raise disk_full_error(path, e) from None
         raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    """``text`` into ``path`` atomically (see atomic_write)."""
+    atomic_write(path, lambda fh: fh.write(text))
 
 
 def _fsync_dir(path: Path) -> None:

@@ -339,3 +339,25 @@ def test_dataset_manifest_round_trip_is_an_atomic_replace(tmp_path):
     with pytest.raises(InputError) as err:
         store.read_dataset_manifest("nope")
     assert err.value.reason == "missing_file"
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    """The one atomic-write helper (folds, JSON, checkpoints go through it): a writer that
+    fails half-way leaves the previous bytes and no temp beside them."""
+    import torch
+
+    from store.writer import atomic_write
+
+    path = tmp_path / "weights.pt"
+    atomic_write(path, lambda fh: torch.save({"w": torch.arange(3)}, fh), binary=True)
+    before = path.read_bytes()
+
+    def half(fh):
+        fh.write(b"partial")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, half, binary=True)
+    assert path.read_bytes() == before
+    assert torch.load(path, weights_only=True)["w"].tolist() == [0, 1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["weights.pt"]
