@@ -105,10 +105,13 @@ def index_tensor(table: Table, offsets, width: int | None = None, device=None):
 
 
 def gather(x: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """x [N, ...] -> [S, W, ...] in one indexing op, padding zeroed."""
+    """x [N, ...] -> [S, W, ...] in one indexing op, padding zeroed.
+
+    Zeroed in place: ``x[idx]`` is already a copy, so multiplying by the mask made a second
+    one (and a NaN in the frame padding points at would have stayed NaN: 0 * NaN)."""
     out = x[idx]
     shape = valid.shape + (1,) * (out.dim() - valid.dim())
-    return out * valid.reshape(shape).to(out.dtype)
+    return out.masked_fill_(~valid.reshape(shape), 0)
 
 
 def segment_bounds(n: int, n_segments: int) -> tuple[np.ndarray, np.ndarray]:

@@ -40,6 +40,10 @@ def test_gather_matches_per_video_slicing_and_pads_with_masked_zeros():
         assert torch.equal(out[r, :n], ref)
         assert not valid[r, n:].any() and (out[r, n:] == 0).all()
     assert int(valid.sum()) == 300 + 300 + 120 + 300
+    # padding points at the sample's first frame: a non-finite value there stays out of it
+    x[offsets[1]] = float("nan")
+    out = gather(x, idx, valid)
+    assert torch.isnan(out[2, 0]).all() and (out[2, 120:] == 0).all()
 
 
 def test_clip_table_cuts_and_drops_short_remainders():
