@@ -258,9 +258,12 @@ def load_corpus(cfg: StudyConfig, store_root, device=None, video_ids=None,
             lo, hi = offsets[i], offsets[i + 1]
             flo, fhi = cat.offsets[i], cat.offsets[i + 1]
             idx[lo:hi] = flo + align_index(t_grid[lo:hi], cat.arrays["t"][flo:fhi], cat.attrs[i])
-        if any(cat.offsets[i + 1] == cat.offsets[i] for i in range(len(vids))):
-            raise InputError(f"{store_root}/features/{f.spec.extractor}/{f.key}", "bad_labels",
-                             "a video has zero frames of this feature", fix="run `emocache verify`")
+        empty = [v for i, v in enumerate(vids) if cat.offsets[i + 1] == cat.offsets[i]]
+        if empty:   # finished with no rows (the reader already checked the arrays against the manifest)
+            raise InputError(f"{store_root}/features/{f.spec.extractor}/{f.key}/{empty[0]}", "missing_video",
+                             f"{len(empty)} video(s) have no frames of {f.spec.extractor} (its run gave none), "
+                             f"e.g. {empty[:3]}",
+                             fix="leave them out of the dataset manifest, or use a feature that covers them")
         per_mod.setdefault(f.modality, []).append((data[idx], mask[idx]))
 
     n = int(offsets[-1])

@@ -20,9 +20,10 @@ def _key(store, extractor, params):
     return store.key(extractor, key, prov), key
 
 
-def make_store(root, n_videos=12, seed=0, lengths=None):
+def make_store(root, n_videos=12, seed=0, lengths=None, no_audio=()):
     """Videos on a 25 fps grid: a 'vis' feature that sees valence/arousal (with no-face gaps),
-    an 'aud' feature at a 10 ms hop that hears arousal; per-frame labels with an unlabelled run."""
+    an 'aud' feature at a 10 ms hop that hears arousal (no rows for the videos in ``no_audio``);
+    per-frame labels with an unlabelled run."""
     rng = np.random.default_rng(seed)
     store = FeatureStore(root)
     vis, vkey = _key(store, "vis", {"d": 6})
@@ -43,7 +44,7 @@ def make_store(root, n_videos=12, seed=0, lengths=None):
             w.attrs["fps"] = FPS
             w.append({"data": x.astype(np.float16), "mask": mask, "t": t})
             w.commit()
-        na = int(round(n / FPS / HOP))
+        na = 0 if i in no_audio else int(round(n / FPS / HOP))
         ta = np.arange(na) * HOP
         aa = np.interp(ta, t, a)
         xa = np.stack([aa, aa ** 2, rng.standard_normal(na)], 1) + 0.1 * rng.standard_normal((na, 3))
@@ -103,6 +104,20 @@ def _run(root, keys, name, runs="runs", **over):
 
 
 # ----------------------------------------------------------------------------- data path
+
+
+def test_a_video_with_no_rows_of_a_feature_is_named(tmp_path):
+    """A finished video with zero frames of one feature is not damage (its manifest says 0):
+    the error names the video, and the fix is not `verify` (which finds nothing wrong)."""
+    from experiments import config as C, data as D
+    from store.errors import InputError
+
+    keys = make_store(tmp_path / "store", n_videos=3, lengths=[60, 60, 60], no_audio={1})
+    cfg = C.load(study_yaml(tmp_path / "d.yaml", keys))
+    with pytest.raises(InputError) as e:
+        D.load_corpus(cfg, tmp_path / "store", progress=False)
+    assert e.value.reason == "missing_video" and e.value.path.endswith("/vid01"), e.value
+    assert "['vid01']" in e.value.message and "verify" not in e.value.fix
 
 
 def test_corpus_aligns_audio_masks_faces_and_keeps_unlabelled_nan(syn):
