@@ -177,10 +177,10 @@ def cmd_verify(a) -> int:
 
 def cmd_export(a) -> int:
     from store.export import export_h5
-    from store.reader import resolve_key
+    from store.reader import stored_key
 
     extractor, _, key = a.key.partition("/")
-    key = resolve_key(a.store, extractor, key or None)
+    key = stored_key(a.store, extractor, key or None)
     export_h5(a.store, extractor, key, a.h5)
     print(f"wrote {a.h5} ({extractor}/{key})")
     return 0

@@ -16,7 +16,7 @@ import zarr
 
 from .errors import InputError
 from .keys import canonical_json
-from .reader import ERRORS, error_rows, key_dir, manifest_rows, read_provenance, resolve_key
+from .reader import ERRORS, error_rows, key_dir, manifest_rows, read_provenance, stored_key
 from .writer import CORE_MANIFEST_FIELDS, FeatureStore, append_jsonl
 
 FORMAT = "emocache-h5-1"
@@ -31,7 +31,7 @@ def _h5_attr(value):
 
 def export_h5(root, extractor, key, h5_path) -> Path:
     """Returns the written path. Arrays are copied one chunk of time at a time to bound memory."""
-    key = resolve_key(root, extractor, key)
+    key = stored_key(root, extractor, key)
     kdir = key_dir(root, extractor, key)
     h5_path = Path(h5_path)
     with h5py.File(h5_path, "w") as h5:

@@ -118,8 +118,9 @@ def list_keys(root) -> list[dict]:
     return out
 
 
-def resolve_key(root, extractor: str, key: str | None = None) -> str:
-    """The key to read: the one given (it must exist) or the only one the extractor has."""
+def stored_key(root, extractor: str, key: str | None = None) -> str:
+    """The key to read: the one given (it must exist) or the only one the extractor has.
+    It looks keys up in the store; featurize.registry.resolve_key computes one from params."""
     ext_dir = features_dir(root) / extractor
     keys = sorted(k.name for e, k in _key_folders(root) if e == extractor and (k / EXTRACTOR_JSON).is_file())
     if key is not None:
@@ -148,7 +149,7 @@ def error_rows(root, extractor, key) -> list[dict]:
 def _manifest_index(root, extractor, key) -> dict[str, dict]:
     kdir = key_dir(root, extractor, key)
     if not (kdir / EXTRACTOR_JSON).is_file():
-        resolve_key(root, extractor, key)  # raises the clear missing_key error
+        stored_key(root, extractor, key)  # raises the clear missing_key error
     return _last_per_id(read_jsonl(kdir / MANIFEST))
 
 

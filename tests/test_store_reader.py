@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from store import (Concat, FeatureStore, InputError, error_rows, list_keys, make_key, manifest_rows, read_concat,
-                   read_video, resolve_key)
+                   read_video, stored_key)
 
 EXT = "feat"
 
@@ -108,20 +108,20 @@ def test_read_concat_reads_many_videos_quickly(tmp_path):
 
 def test_resolve_key(tmp_path):
     with pytest.raises(InputError) as err:
-        resolve_key(tmp_path, EXT)
+        stored_key(tmp_path, EXT)
     assert err.value.reason == "missing_key"
     first = open_key(tmp_path, dim=3)
-    assert resolve_key(tmp_path, EXT) == first.key
-    assert resolve_key(tmp_path, EXT, first.key) == first.key
+    assert stored_key(tmp_path, EXT) == first.key
+    assert stored_key(tmp_path, EXT, first.key) == first.key
     second = open_key(tmp_path, dim=5)
     with pytest.raises(InputError) as err:
-        resolve_key(tmp_path, EXT)
+        stored_key(tmp_path, EXT)
     assert err.value.reason == "ambiguous_key" and first.key in str(err.value) and second.key in str(err.value)
     with pytest.raises(InputError) as err:
-        resolve_key(tmp_path, EXT, "2-00000000")
+        stored_key(tmp_path, EXT, "2-00000000")
     assert err.value.reason == "missing_key"
     (first.path.parent / ".tmp-junk").mkdir()
-    assert resolve_key(tmp_path, EXT, second.key) == second.key
+    assert stored_key(tmp_path, EXT, second.key) == second.key
 
 
 def test_list_keys_counts_done_failed_and_not_applicable(store3):
