@@ -91,11 +91,13 @@ class _Audio(Extractor):
     input = "audio"
     libraries = ("librosa", "av", "numpy")
 
-    def _framing(self):
+    def _mel(self, samples: np.ndarray, sr: int) -> np.ndarray:
+        """The checked samples' mel power spectrogram [n_mels, T] (what logmel and mfcc start from)."""
         c = self.config
+        x = _check(samples, sr, c.sr)
         win = int(round(c.sr * c.win_ms / 1000.0))
         hop = int(round(c.sr * c.hop_ms / 1000.0))
-        return win, hop, win  # n_fft = window length (400 at 16 kHz)
+        return mel_power(x, c.sr, win, hop, win, c.n_mels, c.fmin, c.fmax)  # n_fft = window (400 at 16 kHz)
 
     def _out(self, feats: np.ndarray) -> dict[str, np.ndarray]:
         """feats [T, D] float -> data, mask, t."""
@@ -114,11 +116,8 @@ class Logmel(_Audio):
     Config = LogmelConfig
 
     def extract(self, samples: np.ndarray, sr: int) -> dict[str, np.ndarray]:
-        c = self.config
-        x = _check(samples, sr, c.sr)
-        n_fft, hop, win = self._framing()
-        m = mel_power(x, c.sr, n_fft, hop, win, c.n_mels, c.fmin, c.fmax)
-        return self._out(np.log(np.maximum(m, c.floor)).T)
+        m = self._mel(samples, sr)
+        return self._out(np.log(np.maximum(m, self.config.floor)).T)
 
 
 def _delta(m: np.ndarray, width: int, order: int) -> np.ndarray:
@@ -141,9 +140,7 @@ class Mfcc(_Audio):
         import librosa
 
         c = self.config
-        x = _check(samples, sr, c.sr)
-        n_fft, hop, win = self._framing()
-        m = mel_power(x, c.sr, n_fft, hop, win, c.n_mels, c.fmin, c.fmax)
+        m = self._mel(samples, sr)
         mf = librosa.feature.mfcc(S=librosa.power_to_db(m), n_mfcc=c.n_mfcc)
         parts = [mf]
         if c.deltas:
