@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from featurize.registry import coerce
 from store.errors import InputError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -279,22 +280,12 @@ def _list_item(node: list, k: str, path: str):
 
 
 def _typed(value, old, path):
-    if value is None or old is None:
+    if value is None or type(old) not in (bool, int, float, str) or (isinstance(value, bool) and type(old) is not bool):
         return value
     try:
-        if isinstance(old, bool):
-            if isinstance(value, str):
-                return value.lower() in ("1", "true", "yes", "on")
-            return bool(value)
-        if isinstance(old, int) and not isinstance(value, bool):
-            return int(value)
-        if isinstance(old, float):
-            return float(value)
-        if isinstance(old, str):
-            return str(value)
+        return coerce(value, type(old))
     except (TypeError, ValueError):
         raise InputError("--set", "bad_config", f"{path}={value!r}: expected {type(old).__name__}") from None
-    return value
 
 
 def from_dict(raw: dict) -> StudyConfig:
@@ -356,13 +347,9 @@ def _coerce(v, t, where):
     if not args:
         return v
     base = args[0]
+    if base not in (int, float, bool) or (isinstance(v, bool) and base is not bool):
+        return v
     try:
-        if base is float and isinstance(v, (int, str)) and not isinstance(v, bool):
-            return float(v)
-        if base is int and isinstance(v, str):
-            return int(v)
-        if base is bool and isinstance(v, str):
-            return v.lower() in ("1", "true", "yes", "on")
-    except ValueError:
+        return coerce(v, base)
+    except (TypeError, ValueError):
         raise InputError("<config>", "bad_config", f"{where}: {v!r} is not a {base.__name__}") from None
-    return v

@@ -28,7 +28,7 @@ import numpy as np
 from store.errors import InputError
 
 __all__ = ["Registry", "Extractor", "EXTRACTORS", "register", "get", "names", "parse_config",
-           "canonical_params", "get_cached", "resolve_key", "library_versions", "UPSTREAM"]
+           "canonical_params", "coerce", "get_cached", "resolve_key", "library_versions", "UPSTREAM"]
 
 # What a crop extractor's crops come from: the only upstream extractor there is.
 UPSTREAM = "faces"
@@ -193,8 +193,10 @@ def names() -> list[str]:
     return EXTRACTORS.names()
 
 
-def _coerce(value, typ, field: str, name: str):
-    """Overrides from the command line arrive as strings: turn them into the field's type."""
+def coerce(value, typ):
+    """Overrides from the command line (and YAML 1.1 scalars like 1e-5) arrive as strings: turn
+    them into the field's type, or raise ValueError/TypeError. The one coercion helper: extractor
+    params here, study configs and --set in experiments/config.py."""
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)
     if origin is typing.Union or origin is types.UnionType:
@@ -205,7 +207,7 @@ def _coerce(value, typ, field: str, name: str):
             if a is type(None):
                 continue
             try:
-                return _coerce(value, a, field, name)
+                return coerce(value, a)
             except (ValueError, TypeError):
                 continue
         raise ValueError(f"{value!r} does not fit {typ}")
@@ -213,7 +215,7 @@ def _coerce(value, typ, field: str, name: str):
         if isinstance(value, str):
             value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
         inner = args[0] if args else str
-        return tuple(_coerce(v, inner, field, name) for v in value)
+        return tuple(coerce(v, inner) for v in value)
     if typ is bool:
         if isinstance(value, str):
             low = value.strip().lower()
@@ -278,7 +280,7 @@ def parse_config(name: str, overrides: dict | None = None):
     kwargs = {}
     for k, v in overrides.items():
         try:
-            kwargs[k] = _coerce(v, hints.get(k, str), k, name)
+            kwargs[k] = coerce(v, hints.get(k, str))
         except (ValueError, TypeError) as e:
             raise InputError(name, "extractor_error", f"parameter {k}={v!r}: {e}") from None
     try:

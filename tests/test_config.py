@@ -49,6 +49,12 @@ def test_override_errors_name_the_problem():
         C.load("abaw2", ["optim.learning_rate=1"])
     with pytest.raises(InputError, match="expected int"):
         C.load("abaw2", ["train.epochs=many"])
+    # one coercion helper (featurize.registry.coerce): a word that is no boolean is refused,
+    # on --set and in the YAML alike (it used to read as false)
+    with pytest.raises(InputError, match="expected bool"):
+        C.load("abaw2", ["train.amp=maybe"])
+    with pytest.raises(InputError, match="train.amp: 'maybe' is not a bool"):
+        C.from_dict({**C.load_raw("abaw2"), "train": {"amp": "maybe"}})
     with pytest.raises(InputError, match="a.b=c"):
         C.load("abaw2", ["optim.lr"])
     with pytest.raises(InputError, match="no study named"):
