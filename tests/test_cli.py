@@ -1,25 +1,14 @@
 """The `emocache` console script as a user runs it: separate processes, exit codes, messages."""
-import os
 import shlex
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import pytest
 
-EMOCACHE = Path(sys.executable).parent / "emocache"
+from clirun import emocache as run
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(*args, ok=True):
-    cmd = [str(EMOCACHE)] if EMOCACHE.exists() else [sys.executable, "-m", "experiments.cli"]
-    p = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if ok and p.returncode != 0:
-        raise AssertionError(f"emocache {args} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
-    return p
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +115,7 @@ def first_line(p) -> str:
 def test_argument_errors_are_one_line_exit_2_before_any_work(args, words, tmp_path):
     """Checked at parse time: no hang (--workers -3 used to wait for ever on a cluster with no
     workers), no traceback (--dataset cremd), no false all-clear (verify of a missing store)."""
-    p = subprocess.run([sys.executable, "-m", "experiments.cli", *args], capture_output=True, text=True,
-                       timeout=60, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    p = run(*args, ok=False, timeout=60, cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
     assert p.returncode == 2, (p.stdout, p.stderr)
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr

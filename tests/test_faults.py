@@ -19,28 +19,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clirun import emocache, emocache_popen
 from store.reader import ERRORS, MANIFEST, read_jsonl, read_video
 from store.verify import verify
 
 pytestmark = pytest.mark.slow
-EMOCACHE = Path(sys.executable).parent / "emocache"
 DASK = Path(sys.executable).parent / "dask"
 AUDIO = "logmel,mfcc"
 
 
-def cli(*args, **popen):
-    cmd = [str(EMOCACHE)] if EMOCACHE.exists() else [sys.executable, "-m", "experiments.cli"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd + [str(a) for a in args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **popen)
-
-
 def run(*args, ok=True):
-    p = cli(*args)
-    out, err = p.communicate(timeout=900)
-    if ok and p.returncode != 0:
-        raise AssertionError(f"emocache {args} exited {p.returncode}\n{out}\n{err}")
-    return p.returncode, out, err
+    p = emocache(*args, ok=ok, timeout=900)
+    return p.returncode, p.stdout, p.stderr
 
 
 def features(corpus, store, extractors=AUDIO, *extra):
@@ -110,7 +100,7 @@ def test_sigkill_during_writes_loses_nothing(corpus, reference, tmp_path):
         rounds += 1
         while True:
             before = {t.name for t in temps(store)}  # a killed run's leftovers are not new writes
-            p = cli(*features(corpus, store, AUDIO, "--scheduler", "inline"), start_new_session=True)
+            p = emocache_popen(*features(corpus, store, AUDIO, "--scheduler", "inline"), start_new_session=True)
             deadline = time.monotonic() + 300
             nth = rng.randint(1, 3) if kills < want else 10**9  # kill during the nth write it starts
             seen: set = set()
@@ -138,7 +128,7 @@ def test_sigkill_during_writes_loses_nothing(corpus, reference, tmp_path):
                          ids=["2-local-clusters", "4-inline"])
 def test_concurrent_runs_write_each_video_once(corpus, reference, tmp_path, n, extra):
     store = tmp_path / "store"
-    procs = [cli(*features(corpus, store, AUDIO, *extra)) for _ in range(n)]
+    procs = [emocache_popen(*features(corpus, store, AUDIO, *extra)) for _ in range(n)]
     for p in procs:
         out, err = p.communicate(timeout=900)
         assert p.returncode == 0, (out, err)
@@ -150,7 +140,7 @@ def test_concurrent_runs_with_faces(tmp_path):
     run("demo-data", "--out", corpus, "--n", 3, "--seconds", 1.5)
     ref, store = tmp_path / "ref", tmp_path / "store"
     run(*features(corpus, ref, "faces,logmel", "--scheduler", "inline"))
-    procs = [cli(*features(corpus, store, "faces,logmel", "--scheduler", "inline")) for _ in range(2)]
+    procs = [emocache_popen(*features(corpus, store, "faces,logmel", "--scheduler", "inline")) for _ in range(2)]
     for p in procs:
         out, err = p.communicate(timeout=900)
         assert p.returncode == 0, (out, err)
@@ -179,7 +169,7 @@ def test_killed_dask_worker_mid_run(corpus, reference, tmp_path):
 
         address = _wait_for_workers(sched_file, 2, procs)
         store = tmp_path / "store"
-        p = cli(*features(corpus, store, AUDIO, "--scheduler", address))
+        p = emocache_popen(*features(corpus, store, AUDIO, "--scheduler", address))
         deadline = time.monotonic() + 300
         # kill once some videos are finished (their results sit on the workers) and one is being written
         while time.monotonic() < deadline and p.poll() is None:

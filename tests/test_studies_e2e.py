@@ -16,32 +16,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import corpora
+from clirun import emocache
 from store.errors import InputError
 
-EMOCACHE = Path(sys.executable).parent / "emocache"
 ARCH = "torchvision:resnet18"
 SIZE = 64
-
-
-def emocache(*args, ok=True, timeout=600):
-    cmd = [str(EMOCACHE)] if EMOCACHE.exists() else [sys.executable, "-m", "experiments.cli"]
-    t0 = time.monotonic()
-    p = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    print(f"\nemocache {args[0]}: {time.monotonic() - t0:.1f} s")
-    if ok and p.returncode != 0:
-        raise AssertionError(f"emocache {' '.join(map(str, args))} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
-    return p
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,11 @@
 """Files that would run code when loaded are refused with the usual one-line error, exit 2."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from clirun import emocache
 from featurize.weights import load_plain
 from store.errors import InputError
 
-EMOCACHE = Path(sys.executable).parent / "emocache"
 
 
 class NotAStateDict(torch.nn.Linear):
@@ -22,9 +17,7 @@ def test_yaml_with_a_python_tag_is_refused_without_running_it(tmp_path):
     study = tmp_path / "evil.yaml"
     study.write_text(f"name: evil\nx: !!python/object/apply:os.system ['touch {marker}']\n")
     (tmp_path / "features").mkdir()  # a store, so the check of --store passes
-    cmd = [str(EMOCACHE)] if EMOCACHE.exists() else [sys.executable, "-m", "experiments.cli"]
-    p = subprocess.run(cmd + ["train", "--exp", str(study), "--store", str(tmp_path)],
-                       capture_output=True, text=True, timeout=300, env={**os.environ})
+    p = emocache("train", "--exp", study, "--store", tmp_path, ok=False, timeout=300)
     assert p.returncode == 2, p.stderr
     assert "[unsafe_file]" in p.stderr and "evil.yaml" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
