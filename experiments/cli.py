@@ -204,8 +204,14 @@ def cmd_demo_data(a) -> int:
 def cmd_train(a) -> int:
     from experiments.train import run_study
 
-    run_dir = run_study(a.exp, a.store, a.runs, overrides=a.set or [], resume=a.resume,
-                        device=a.device)
+    from experiments.seeds import parse
+
+    over = list(a.set or [])
+    if a.ablate:
+        over.append("report.ablations=true")
+    if a.seeds:
+        over.append(f"report.seeds={parse(a.seeds)}")
+    run_study(a.exp, a.store, a.runs, overrides=over, resume=a.resume, device=a.device)
     return 0
 
 
@@ -333,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="A.B=C", help="config override (repeatable)")
     t.add_argument("--resume", help="a run dir to continue from its last checkpoint")
     t.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    t.add_argument("--ablate", action="store_true",
+                   help="also fit each modality alone (same recipe): fusion beside them in report.md, "
+                        "bootstrap 95%% CIs, a flag when fusion does not beat its best modality")
+    t.add_argument("--seeds", metavar="S,S,...|N",
+                   help="run once per seed (0,1,2; or N = seeds 0..N-1) into RUN/seed-<s>/; report.md: mean ± sd")
     t.set_defaults(fn=cmd_train)
 
     st = sub.add_parser("studies", help="the studies that ship: name, task, extractors, description")

@@ -70,6 +70,8 @@ class DataConfig:
     # (time-major) and re-cuts the values into `tokens` tokens of `width` (zero-padded or cut):
     # the ERI reference's audio ({audio: [32, 1024]}); {} keeps the time axis
     recut: dict = field(default_factory=dict)
+    # the others are still loaded: the frame grid, the face mask and the scored frames stay the study's
+    modalities: list | None = None     # the modalities the head reads (None: all); ablations set one
 
 
 @dataclass
@@ -140,6 +142,8 @@ class TrainConfig:
 @dataclass
 class ReportConfig:
     n_traces: int = 8              # test videos in traces_<role>.png (the figure says when it is a sample)
+    ablations: bool = False        # also fit each modality alone, same recipe; fusion beside them with bootstrap CIs
+    seeds: list | None = None      # run the study once per seed (RUN/seed-<s>/), report.md: mean +- sd over seeds
 
 
 @dataclass

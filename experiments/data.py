@@ -56,6 +56,7 @@ class Corpus:
     features: list[ResolvedFeature]
     skipped: dict[str, str] = field(default_factory=dict)     # video_id -> why it is not used
     notes: list[str] = field(default_factory=list)
+    grid_mask: torch.Tensor | None = None  # the grid modality's mask when data.modalities leaves it out
 
     @property
     def lengths(self) -> np.ndarray:
@@ -63,6 +64,8 @@ class Corpus:
 
     @property
     def face(self) -> torch.Tensor:
+        if self.grid_mask is not None:
+            return self.grid_mask
         return next(iter(self.modalities.values())).mask
 
     def index_of(self, video_ids) -> list[int]:
@@ -292,12 +295,23 @@ def load_corpus(cfg: StudyConfig, store_root, device=None, video_ids=None,
         notes.append(f"squeeze_unlabelled: kept {int(keep.sum())} of {n} frames")
 
     dev = torch.device(device) if device is not None else None
+    grid_mask = None
+    if cfg.data.modalities is not None:
+        # the head reads some modalities (an ablation); the grid's face mask still decides which
+        # frames count, so the scored frames / clips are the whole study's
+        keep = [str(k) for k in cfg.data.modalities]
+        unknown = sorted(set(keep) - set(mods))
+        if unknown or not keep:
+            raise InputError("<config>", "bad_config", f"data.modalities {keep} (the study's are {list(mods)})",
+                             fix=f"name one or more of {list(mods)}, or null for all")
+        grid_mask = torch.as_tensor(next(iter(mods.values()))[1], device=dev)
+        mods = {k: v for k, v in mods.items() if k in keep}
     modalities = {k: Modality(k, torch.as_tensor(x, device=dev), torch.as_tensor(m, device=dev), w)
                   for k, (x, m, w) in mods.items()}
     return Corpus(rows=rows, video_ids=vids, offsets=offsets, frame_index=frame_index, times=t_grid,
                   modalities=modalities, label_names=cols,
                   labels=torch.as_tensor(labels, device=dev) if labels is not None else None,
-                  features=feats, skipped=skipped, notes=notes)
+                  features=feats, skipped=skipped, notes=notes, grid_mask=grid_mask)
 
 
 # ----------------------------------------------------------------------------- normalisation

@@ -204,3 +204,30 @@ def confusion(cm, classes, path, title="confusion (rows: true)") -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def bars(rows, metric: str, path, title: str = "") -> Path:
+    """A bar per method: rows (label, value, low, high[, points]); whiskers from low to high
+    (a 95% CI, or mean +- sd over seeds), the optional points (each seed) drawn on the bar."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 1.4 * len(rows)), 3.8))
+    x = np.arange(len(rows))
+    vals = np.array([r[1] for r in rows], float)
+    lo = np.array([r[2] for r in rows], float)
+    hi = np.array([r[3] for r in rows], float)
+    colors = ["tab:blue"] + ["tab:grey"] * (len(rows) - 1)
+    ax.bar(x, vals, color=colors, alpha=0.8)
+    ax.errorbar(x, vals, yerr=[np.clip(vals - lo, 0, None), np.clip(hi - vals, 0, None)], fmt="none",
+                ecolor="black", capsize=5, lw=1.2)
+    for i, r in enumerate(rows):
+        if len(r) > 4 and r[4] is not None:
+            ax.plot([i] * len(r[4]), r[4], "o", color="black", ms=4, alpha=0.7)
+        ax.text(i + 0.08, vals[i], f"{vals[i]:.3f}", ha="left", va="bottom", fontsize=8)
+    ax.set_xticks(x, [r[0] for r in rows], rotation=20, ha="right")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_ylabel(metric)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

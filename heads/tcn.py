@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from .layers import TemporalBlock
 
-__all__ = ["TemporalConvNet", "receptive_field"]
+__all__ = ["TemporalConvNet", "TCNRegressor", "receptive_field"]
 
 
 def receptive_field(kernel_size: int, n_levels: int) -> int:
@@ -49,3 +49,25 @@ class TemporalConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x.transpose(1, 2)).transpose(1, 2)
+
+
+class TCNRegressor(nn.Module):
+    """``model(x [B,T,D]) -> [B,T,n_outputs]``: one :class:`TemporalConvNet` and a per-frame
+    linear regressor. The ABAW2 leader-follower head with one branch and no fusion, so an
+    ablation of one modality keeps that branch's sizes (experiments.models, ``tcn``)."""
+
+    def __init__(self, in_dim: int, n_outputs: int = 1, channels: Sequence[int] = (128, 128, 128, 128),
+                 kernel_size: int = 5, dropout: float = 0.1, dropout_mode: str = "channel",
+                 tanh_output: bool = False):
+        super().__init__()
+        self.tcn = TemporalConvNet(in_dim, channels, kernel_size, dropout, dropout_mode)
+        self.regressor = nn.Linear(self.tcn.out_dim, n_outputs)
+        self.tanh_output = bool(tanh_output)
+
+    @property
+    def receptive_field(self) -> int:
+        return self.tcn.receptive_field
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.regressor(self.tcn(x))
+        return torch.tanh(out) if self.tanh_output else out

@@ -249,3 +249,37 @@ def test_predict_prints_each_path_once_one_not_media_line_and_the_demo_warning(c
     assert bad.returncode == 2 and bad.stdout == "", bad.stdout
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and "not_media" in lines[0] and str(fake) in lines[0], bad.stderr
+
+
+@pytest.mark.slow
+def test_train_ablate_with_three_seeds_reports_fusion_modalities_and_mean_sd(corpus, tmp_path):
+    """`emocache train --ablate --seeds 3` on the demo corpus (one epoch): per-seed runs with
+    their modality runs, the aggregate report with mean ± sd, and a clear error for bad seeds."""
+    import json
+
+    store = tmp_path / "store"
+    run("features", "--input", corpus, "--dataset", "demo", "--store", store,
+        "--extractors", "logmel,mfcc", "--workers", 1, "--quiet")
+    study = tmp_path / "tiny.yaml"
+    study.write_text(TINY.replace("visual: [{extractor: mfcc}]", "visual: [{extractor: logmel}]"))
+    runs = tmp_path / "runs"
+    bad = run("train", "--exp", study, "--store", store, "--runs", runs, "--seeds", "1,1", ok=False)
+    assert bad.returncode == 2 and "--seeds" in bad.stderr and not runs.exists()
+    t = run("train", "--exp", study, "--store", store, "--runs", runs, "--ablate", "--seeds", "3",
+            "--set", "train.epochs=1")
+    (top,) = (runs / "tiny").iterdir()
+    assert f"report {top / 'report.md'}" in t.stdout
+    agg = json.loads((top / "metrics.json").read_text())
+    assert agg["seeds"] == [0, 1, 2] and set(agg["ablation"]["methods"]) == {"fusion", "visual", "audio_b",
+                                                                           "audio_mfcc"}
+    text = (top / "report.md").read_text()
+    assert "# tiny: 3 seeds (0, 1, 2)" in text and "best single modality" in text
+    for row in ("head (tiny)", "fusion (pooled)", "visual alone (pooled)", "audio_mfcc alone (pooled)"):
+        assert f"| {row} | ccc_mean | " in text, row
+    for s in (0, 1, 2):
+        seed_report = (top / f"seed-{s}" / "report.md").read_text()
+        assert "| audio_b alone | `tcn` | `modality-audio_b` |" in seed_report
+        assert (top / f"seed-{s}" / "modality-visual" / "best.pt").is_file()
+    from experiments.train import latest_finished
+
+    assert latest_finished(runs / "tiny") == top
