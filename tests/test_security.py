@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from clirun import emocache
 from featurize import datasets
 from featurize.demo import write_demo_corpus
 from featurize.pipeline import dask_client, run_features, tls_security
@@ -115,11 +116,8 @@ def test_no_world_writable_files_even_with_umask_0(tmp_path):
     corpus = tmp_path / "corpus"
     write_demo_corpus(corpus, n=1, seconds=1.0, seed=4)
     store = tmp_path / "store"
-    emocache = BIN / "emocache"
-    p = subprocess.run([str(emocache), "features", "--input", str(corpus), "--store", str(store),
-                        "--extractors", "mfcc", "--scheduler", "inline", "--quiet"],
-                       capture_output=True, text=True, timeout=600, preexec_fn=lambda: os.umask(0))
-    assert p.returncode == 0, p.stderr
+    emocache("features", "--input", corpus, "--store", store, "--extractors", "mfcc", "--scheduler", "inline",
+             "--quiet", preexec_fn=lambda: os.umask(0))
     loose = [str(q) for q in store.rglob("*") if q.stat().st_mode & stat.S_IWOTH]
     assert loose == []
     assert len(list(store.rglob("*"))) > 10
