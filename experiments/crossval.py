@@ -158,7 +158,10 @@ def summarize(cfg: config.StudyConfig, store_root, run_dir: Path, folds, fold_of
         for f, (m, _) in fold_metrics.items():
             per_fold[f] = {k: v for k, v in m["test"]["model"].items() if isinstance(v, (int, float))}
         keys = sorted(set.intersection(*(set(v) for v in per_fold.values()))) if per_fold else []
-        out["model"] = {"mean_over_folds": {k: float(np.mean([per_fold[f][k] for f in folds])) for k in keys},
+        counts = [k for k in keys if k.startswith("n_")]   # n_frames, n_clips: summed, a mean means nothing
+        out["model"] = {"mean_over_folds": {k: float(np.mean([per_fold[f][k] for f in folds]))
+                                            for k in keys if k not in counts},
+                        "total_over_folds": {k: int(sum(per_fold[f][k] for f in folds)) for k in counts},
                         "per_fold": per_fold}
         return out
 
@@ -258,6 +261,7 @@ def report_text(result: dict) -> str:
     if result["task"] != "clip_classification":
         lines += ["| metric | mean over folds |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in result["model"]["mean_over_folds"].items()]
+        lines += [f"| {k} (summed) | {v} |" for k, v in result["model"].get("total_over_folds", {}).items()]
         if "merged" in result:
             lines += [""] + _merged_lines(result)
         return "\n".join(lines) + "\n"
@@ -310,7 +314,8 @@ def _print(result: dict, run_dir: Path) -> None:
             else:
                 print(f"  {name:<42} UAR {r['uar']:.3f}  accuracy {r['accuracy']:.3f}")
     else:
-        print("mean over folds: " + ", ".join(f"{k}={v:.4f}" for k, v in result["model"]["mean_over_folds"].items()))
+        print("mean over folds: " + ", ".join(f"{k}={v:.4f}" for k, v in result["model"]["mean_over_folds"].items())
+              + "".join(f"; {k}={v} summed" for k, v in result["model"].get("total_over_folds", {}).items()))
         if result.get("merged", {}).get("labelled"):
             mg = result["merged"]
             print("test split, folds merged by CCC centering: "

@@ -27,6 +27,9 @@ def test_abaw2_folds_all_trains_six_folds_and_merges_the_test_split(tmp_path):
 
     m = json.loads((run / "metrics.json").read_text())
     assert sorted(m["model"]["per_fold"]) == ["0", "1", "2", "3", "4", "5"]
+    # counts are summed over the folds, never averaged with the scores
+    assert "n_frames" not in m["model"]["mean_over_folds"] and "ccc_mean" in m["model"]["mean_over_folds"]
+    assert m["model"]["total_over_folds"]["n_frames"] == sum(v["n_frames"] for v in m["model"]["per_fold"].values())
     merged = m["merged"]
     assert merged["videos"] == ["vid12", "vid13"] and merged["labelled"]
     assert sorted(merged["per_fold"]) == ["0", "1", "2", "3", "4", "5"]
@@ -47,4 +50,5 @@ def test_abaw2_folds_all_trains_six_folds_and_merges_the_test_split(tmp_path):
         np.testing.assert_allclose(ours["pred_arousal"], ref["pred_arousal"], atol=2e-5)
     report = (run / "report.md").read_text()
     assert "merged (CCC centering)" in report and report.count("| fold ") == 6
+    assert f"| n_frames (summed) | {m['model']['total_over_folds']['n_frames']} |" in report
     assert f"{merged['model']['ccc_mean']:.4f}" in report
