@@ -196,6 +196,24 @@ def test_features_is_quiet_by_default_and_v_shows_the_native_logs(tmp_path):
 
 
 @pytest.mark.slow
+def test_two_workers_close_without_the_nanny_killing_them_on_a_busy_machine(corpus, tmp_path):
+    """A 2-worker local run while every core is busy: the workers used to spend 11-14 s (load
+    12-16) in the interpreter's final garbage collection, past the nanny's grace, which killed
+    them with `Worker process still alive after 24.0 seconds, killing`."""
+    burn = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        p = run("features", "--input", corpus, "--dataset", "demo", "--store", tmp_path / "s",
+                "--extractors", "faces,mesh,fer,mfcc", "--workers", 2, "--quiet")
+    finally:
+        for b in burn:
+            b.kill()
+            b.wait()
+    assert "still alive after" not in p.stderr and "killing" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines() == ["loading models (faces, mesh, fer, mfcc) on 2 worker(s)"], p.stderr
+    assert "failed 0" in p.stdout, p.stdout
+
+
+@pytest.mark.slow
 def test_a_video_without_faces_is_named_in_the_summary_and_in_ls(corpus, tmp_path):
     """A face-less video used to pass as `failed 0` with nothing said."""
     import numpy as np
