@@ -41,6 +41,7 @@ PREFIX = "modality-"     # RUN/modality-<name>/: that modality alone
 RESAMPLES = 1000
 BOOT_SEED = 0
 FUSION = "fusion"
+FEW = 10                 # fewer test videos than this: the report says the intervals are coarse
 
 
 def modalities(cfg: config.StudyConfig) -> list[str]:
@@ -267,7 +268,9 @@ def report_lines(ab: dict) -> list[str]:
              f"Same folds, seed, epochs and optimiser; each modality alone through the single-modality form "
              f"of the study's head (experiments/models.py `single`). 95% CIs: {ab['resamples']} bootstrap "
              f"resamples of the {ab['unit']}s (seed {ab['bootstrap_seed']}), paired across methods.", "",
-             f"Pooled over {p['n_videos']} test videos ({len(ab['folds'])} fold(s)):", "",
+             f"Pooled over {p['n_videos']} test videos ({len(ab['folds'])} fold(s)):"
+             + (f" with {p['n_videos']} videos the bootstrap has few distinct resamples, so the intervals are coarse."
+                if p["n_videos"] < FEW else ""), "",
              "| method | head | run | " + " | ".join(f"{n} [95% CI]" for n in names) + " |",
              "|---|---|---|" + "---|" * len(names)]
     for m in methods:

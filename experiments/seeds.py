@@ -74,10 +74,13 @@ def headline(result: dict) -> dict[str, dict[str, float]]:
         rows["trivial baseline"] = numbers(result["test"]["baseline"])
     ab = result.get("ablation")
     if ab:
-        from .ablate import label
+        from .ablate import FUSION, label
 
         for m in ab["runs"]:
-            rows[f"{label(m)} (pooled)"] = {k: v["value"] for k, v in ab["pooled"][m].items()}
+            vals = {k: v["value"] for k, v in ab["pooled"][m].items()}
+            if m == FUSION and all(np.isclose(rows[head].get(k, np.nan), v, atol=5e-4) for k, v in vals.items()):
+                continue            # the head's own row already says it (one fold, or pooled classification)
+            rows[f"{label(m)} (pooled)"] = vals
     return rows
 
 
@@ -117,7 +120,9 @@ def run(cfg: config.StudyConfig, run_dir, fit_one) -> Path:
     out["primary"] = first["ablation"]["metric"] if "ablation" in first else None
     if "ablation" in first:
         metric = first["ablation"]["metric"]
-        means = {m: out["summary"][f"{label(m)} (pooled)"][metric]["mean"] for m in first["ablation"]["runs"]}
+        head = f"head ({cfg.name})"
+        means = {m: out["summary"][f"{label(m)} (pooled)" if f"{label(m)} (pooled)" in out["summary"] else head]
+                 [metric]["mean"] for m in first["ablation"]["runs"]}
         flagged = [s for s in seeds if per_seed[s]["ablation"].get("flag")]
         out["ablation"] = {"metric": metric, **verdict(means, metric),
                            "flagged_seeds": flagged, "basis": "mean over seeds of the pooled values"}

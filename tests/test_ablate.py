@@ -53,6 +53,7 @@ def test_frames_ablation_report_rows_cis_and_same_test_frames(frames_run, syn):
     text = (run / "report.md").read_text()
     for row in ("fusion", "visual alone", "audio alone"):
         assert re.search(rf"^\| {row} \| `\w+` \| `[\w.-]+` \| {CI} \| {CI} \| {CI} \|$", text, re.M), (row, text)
+    assert "3 videos the bootstrap has few distinct resamples" in text
     verdict_line = [ln for ln in text.splitlines() if "best single modality" in ln]
     assert len(verdict_line) == 1
     assert ("FLAG" in verdict_line[0]) == (ab["flag"] is not None) == (not ab["fusion_beats_best_single"])
@@ -115,7 +116,8 @@ def test_avcpnet_cross_validated_ablation_over_two_seeds(syn):
     per = [json.loads((run / f"seed-{s}" / "metrics.json").read_text())["model"]["uar"] for s in (0, 1)]
     cell = agg["summary"]["head (cls)"]["uar"]
     assert cell["mean"] == pytest.approx(np.mean(per)) and cell["sd"] == pytest.approx(np.std(per, ddof=1))
-    assert set(agg["summary"]) >= {"fusion (pooled)", "visual alone (pooled)", "audio alone (pooled)"}
+    assert set(agg["summary"]) >= {"visual alone (pooled)", "audio alone (pooled)"}
+    assert "fusion (pooled)" not in agg["summary"]          # the same numbers as the head's pooled row
     text = (run / "report.md").read_text()
     assert "2 seeds (0, 1)" in text
     assert re.search(r"^\| head \(cls\) \| uar \| \d\.\d{3} ± \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \|$", text, re.M)
@@ -162,3 +164,23 @@ def test_bad_seeds_and_a_head_without_single_form_fail_before_a_run_folder(syn, 
     with pytest.raises(InputError, match="no single-modality form"):
         run_study(y, root / "store", tmp_path / "runs", progress=False)
     assert not (tmp_path / "runs").exists()
+
+
+def test_seeds_resume_keeps_finished_seeds_and_redoes_the_rest(syn):
+    from experiments.train import FAILED, is_finished, run_study
+
+    root, keys = syn
+    y = study_yaml(root / "seeds.yaml", keys, name="seeds", train={"epochs": 1}, report={"seeds": [5, 6]})
+    run = run_study(y, root / "store", root / "runs", progress=False)
+    assert is_finished(run) and [p.name for p in sorted(run.glob("seed-*"))] == ["seed-5", "seed-6"]
+    kept = (run / "seed-5" / "best.pt").stat().st_mtime_ns
+    first = json.loads((run / "metrics.json").read_text())["summary"]["head (seeds)"]["ccc_mean"]
+    # as if interrupted in seed 6: its metrics gone, the top marked FAILED
+    (run / "seed-6" / "metrics.json").unlink()
+    (run / FAILED).write_text("interrupted\n")
+    again = run_study(None, root / "store", resume=run, progress=False)
+    assert again == run and is_finished(run)
+    assert (run / "seed-5" / "best.pt").stat().st_mtime_ns == kept
+    assert yaml.safe_load((run / "seed-6" / "config.yaml").read_text())["seed"] == 6
+    cell = json.loads((run / "metrics.json").read_text())["summary"]["head (seeds)"]["ccc_mean"]
+    assert cell["per_seed"] == pytest.approx(first["per_seed"], abs=1e-6)   # seed 6 re-finished the same
