@@ -221,10 +221,9 @@ def ccc_centering(preds: np.ndarray, clip: tuple[float, float] | None = (-1.0, 1
     return np.clip(out, *clip) if clip is not None else out
 
 
-def merge_prediction_csvs(paths, out_path, clip: tuple[float, float] | None = (-1.0, 1.0)):
-    """Merge one video's per-frame prediction CSVs from several fold models (as `predict_video`
-    or a run's predictions/ folder writes them) by CCC centering, column by column (pred_*).
-    Frames and times come from the first file; every file must have the same frames."""
+def read_prediction_csvs(paths) -> list[list[dict]]:
+    """The rows of one video's per-frame prediction CSVs from several fold models; they must
+    have the same frames (a clear error, not an IndexError half-way through a merge)."""
     import csv
 
     tables = []
@@ -235,6 +234,16 @@ def merge_prediction_csvs(paths, out_path, clip: tuple[float, float] | None = (-
         raise InputError(paths[0] if paths else "<none>", "bad_labels",
                          "fold prediction files differ in length (or none given)",
                          fix="merge predictions of the same video made with the same windowing")
+    return tables
+
+
+def merge_prediction_csvs(paths, out_path, clip: tuple[float, float] | None = (-1.0, 1.0)):
+    """Merge one video's per-frame prediction CSVs from several fold models (as `predict_video`
+    or a run's predictions/ folder writes them) by CCC centering, column by column (pred_*).
+    Frames and times come from the first file; every file must have the same frames."""
+    import csv
+
+    tables = read_prediction_csvs(paths)
     cols = [c for c in tables[0][0] if c.startswith("pred_")] if tables[0] else []
     merged = {c: ccc_centering(np.array([[float(r[c]) for r in t] for t in tables]), clip) for c in cols}
     out_path = Path(out_path)

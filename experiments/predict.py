@@ -22,7 +22,7 @@ from store.errors import InputError
 
 from . import config, data, report, runinfo, tasks
 from .checkpoints import BEST, load_weights
-from .folds import merge_prediction_csvs
+from .folds import merge_prediction_csvs, read_prediction_csvs
 from .prepare import normalise_like_run
 
 
@@ -165,10 +165,7 @@ def _predict_with_folds(video_path: Path, run_dir: Path, fold_runs, out_dir, sto
 
 def _mean_csvs(paths, out_path) -> None:
     """Per-frame mean of the fold models' value columns (pred_*, p_*); `pred` = the argmax class."""
-    tables = []
-    for p in paths:
-        with open(p, newline="") as f:
-            tables.append(list(csv.DictReader(f)))
+    tables = read_prediction_csvs(paths)
     head = list(tables[0][0]) if tables[0] else []
     vals = [c for c in head if c.startswith(("pred_", "p_"))]
     with open(out_path, "w", newline="") as f:

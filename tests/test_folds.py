@@ -130,3 +130,8 @@ def test_clip_fold_predictions_average_per_frame_and_keep_uncovered_frames_empty
     assert lines[1] == "0,0.0,0.70000,0.30000,1,a"
     assert lines[2] == "1,0.04,0.40000,0.60000,1,b"          # the mean decides, not the first fold
     assert lines[3] == "2,0.08,nan,nan,0,"
+    # fold files of different lengths: the error the CCC merge gives too, not an IndexError
+    (tmp_path / "f2.csv").write_text(head + "0,0.0,0.5,0.5,1,a\n")
+    with pytest.raises(InputError) as e:
+        _mean_csvs([tmp_path / "f0.csv", tmp_path / "f2.csv"], tmp_path / "m2.csv")
+    assert e.value.reason == "bad_labels" and "differ in length" in e.value.message
