@@ -62,6 +62,10 @@ def predict_video(video_path, run_dir, out_dir=None, store_root=None, device=Non
     fold_runs = sorted(d for d in run_dir.glob("fold-*") if (d / BEST).is_file() and (d / "config.yaml").is_file())
     if not (run_dir / BEST).is_file() and fold_runs:
         return _predict_with_folds(video_path, run_dir, fold_runs, out_dir, store_root, device)
+    seed_runs = sorted(d for d in run_dir.glob("seed-*") if (d / "metrics.json").is_file())
+    if not (run_dir / BEST).is_file() and seed_runs:
+        raise InputError(run_dir, "missing_file", "a multi-seed run (--seeds: one model per seed, no model of its own)",
+                         fix=f"predict with one seed's run, e.g. --run {seed_runs[0]}")
     if not (run_dir / "config.yaml").is_file() or not (run_dir / BEST).is_file():
         raise InputError(run_dir, "missing_file", "not a finished run (needs config.yaml and best.pt)",
                          fix="give a runs/<exp>/<stamp> folder of a run that trained at least one epoch")

@@ -184,3 +184,10 @@ def test_seeds_resume_keeps_finished_seeds_and_redoes_the_rest(syn):
     assert yaml.safe_load((run / "seed-6" / "config.yaml").read_text())["seed"] == 6
     cell = json.loads((run / "metrics.json").read_text())["summary"]["head (seeds)"]["ccc_mean"]
     assert cell["per_seed"] == pytest.approx(first["per_seed"], abs=1e-6)   # seed 6 re-finished the same
+    # predict names one seed's run instead of "not a finished run"
+    from experiments.predict import predict_video
+    from store.errors import InputError
+
+    with pytest.raises(InputError, match="multi-seed run") as e:
+        predict_video(y, run)
+    assert str(run / "seed-5") in e.value.fix
