@@ -208,10 +208,12 @@ def load_raw(study, _seen=()) -> dict:
     """The YAML as a dict with ``extends`` resolved."""
     path = study_path(study)
     if path.resolve() in _seen:
-        raise InputError(path, "bad_config", "circular `extends`")
+        raise InputError(path, "bad_config", "circular `extends`",
+                         fix="make the chain of `extends:` end at a study that extends nothing")
     raw = safe_yaml(path.read_text(), path) or {}
     if not isinstance(raw, dict):
-        raise InputError(path, "bad_config", "a study YAML must be a mapping")
+        raise InputError(path, "bad_config", "a study YAML must be a mapping",
+                         fix="write `key: value` lines (name:, dataset:, task:, ...; see docs/config-reference.md)")
     parent = raw.pop("extends", None)
     if parent:
         base = load_raw(parent if not str(parent).endswith((".yaml", ".yml"))
@@ -249,7 +251,8 @@ def apply_overrides(raw: dict, overrides) -> dict:
             node = node.setdefault(k, {})
             dnode = dnode.get(k, {}) if isinstance(dnode, dict) else {}
             if not isinstance(node, (dict, list)):
-                raise InputError("--set", "bad_config", f"{path}: {k} is not a mapping")
+                raise InputError("--set", "bad_config", f"{path}: {k} is not a mapping",
+                                 fix=f"{k} holds a value: set {k} itself, not a key below it")
         last = keys[-1]
         if isinstance(node, list):
             old = _list_item(node, last, path)
@@ -289,14 +292,16 @@ def _typed(value, old, path):
     try:
         return coerce(value, type(old))
     except (TypeError, ValueError):
-        raise InputError("--set", "bad_config", f"{path}={value!r}: expected {type(old).__name__}") from None
+        raise InputError("--set", "bad_config", f"{path}={value!r}: expected {type(old).__name__}",
+                         fix=f"give a value like the current one ({path}={old!r})") from None
 
 
 def from_dict(raw: dict) -> StudyConfig:
     raw = copy.deepcopy(raw)
     feats = raw.get("features") or {}
     if not isinstance(feats, dict):
-        raise InputError("<config>", "bad_config", "features must map modality -> list of features")
+        raise InputError("<config>", "bad_config", "features must map modality -> list of features",
+                         fix="e.g. features: {visual: [faces], audio: [mfcc]}")
     raw["features"] = {m: [_build(FeatureSpec, f if isinstance(f, dict) else {"extractor": f}, f"features.{m}")
                            for f in (specs if isinstance(specs, list) else [specs])]
                        for m, specs in feats.items()}
@@ -315,7 +320,8 @@ def _build(cls, raw, where):
     if dataclasses.is_dataclass(raw):
         return raw
     if not isinstance(raw, dict):
-        raise InputError("<config>", "bad_config", f"{where or 'config'} must be a mapping, got {raw!r}")
+        raise InputError("<config>", "bad_config", f"{where or 'config'} must be a mapping, got {raw!r}",
+                         fix="write it as `key: value` lines (docs/config-reference.md lists the keys)")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
@@ -333,7 +339,8 @@ def _build(cls, raw, where):
     try:
         return cls(**kw)
     except TypeError as e:
-        raise InputError("<config>", "bad_config", f"{where or 'config'}: {e}") from None
+        raise InputError("<config>", "bad_config", f"{where or 'config'}: {e}",
+                         fix="docs/config-reference.md lists the keys and their types") from None
 
 
 def _dataclass_of(t):
@@ -356,4 +363,5 @@ def _coerce(v, t, where):
     try:
         return coerce(v, base)
     except (TypeError, ValueError):
-        raise InputError("<config>", "bad_config", f"{where}: {v!r} is not a {base.__name__}") from None
+        raise InputError("<config>", "bad_config", f"{where}: {v!r} is not a {base.__name__}",
+                         fix=f"write {where} as a {base.__name__} (docs/config-reference.md)") from None

@@ -46,7 +46,8 @@ def assign(rows: list[dict], spec: FoldSpec) -> dict[str, object]:
     ids = sorted(r["video_id"] for r in rows)
     if len(set(ids)) != len(ids):
         dup = [k for k, c in Counter(ids).items() if c > 1][:3]
-        raise InputError("<dataset manifest>", "duplicate_id", f"duplicate video ids {dup}")
+        raise InputError("<dataset manifest>", "duplicate_id", f"duplicate video ids {dup}",
+                         fix="rebuild the dataset manifest (`emocache features` writes each video id once)")
     return FOLD_SCHEMES.get(spec.scheme)(rows, spec, np.random.default_rng(spec.seed))
 
 
@@ -95,7 +96,8 @@ def _group(rows, spec, rng):
 def _kfold(rows, spec, rng):
     """n folds at random; `by` keeps a field's rows together, `stratify` balances a field."""
     if spec.by and spec.stratify:
-        raise InputError("<config>", "bad_config", "folds: use `by` or `stratify`, not both")
+        raise InputError("<config>", "bad_config", "folds: use `by` or `stratify`, not both",
+                         fix="keep one: folds.by keeps groups together, folds.stratify balances a field")
     if spec.stratify:
         # shuffle within each stratum, then deal round-robin, continuing where the last
         # stratum stopped so fold sizes stay within one of each other

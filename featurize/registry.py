@@ -282,11 +282,13 @@ def parse_config(name: str, overrides: dict | None = None):
         try:
             kwargs[k] = coerce(v, hints.get(k, str))
         except (ValueError, TypeError) as e:
-            raise InputError(name, "extractor_error", f"parameter {k}={v!r}: {e}") from None
+            raise InputError(name, "extractor_error", f"parameter {k}={v!r}: {e}",
+                             f"give {k} as {getattr(hints.get(k, str), '__name__', hints.get(k, str))}") from None
     try:
         return cls.Config(**kwargs)
     except (ValueError, TypeError) as e:  # __post_init__ validation
-        raise InputError(name, "extractor_error", f"bad parameters {overrides}: {e}") from None
+        raise InputError(name, "extractor_error", f"bad parameters {overrides}: {e}",
+                         f"change the parameter the message names ({name} takes: {', '.join(sorted(fields))})") from None
 
 
 def get_cached(name: str, config=None) -> Extractor:

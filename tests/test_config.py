@@ -47,8 +47,9 @@ def test_overrides_reach_a_feature_by_its_index():
 def test_override_errors_name_the_problem():
     with pytest.raises(InputError, match="unknown key"):
         C.load("abaw2", ["optim.learning_rate=1"])
-    with pytest.raises(InputError, match="expected int"):
+    with pytest.raises(InputError, match="expected int") as e:
         C.load("abaw2", ["train.epochs=many"])
+    assert "train.epochs=" in e.value.fix      # the fix shows a value of the right type
     # one coercion helper (featurize.registry.coerce): a word that is no boolean is refused,
     # on --set and in the YAML alike (it used to read as false)
     with pytest.raises(InputError, match="expected bool"):

@@ -38,7 +38,8 @@ class FrameTask(Task):
         if labelled:
             if corpus.labels is None:
                 raise InputError("<config>", "bad_config",
-                                 "task frames needs per-frame labels (labels.source: frames)")
+                                 "task frames needs per-frame labels (labels.source: frames)",
+                                 fix="set labels.source: frames, or use a clip task for clip labels")
             self.y = scaled(corpus.labels, cfg.labels.scale)
         else:
             self.y = torch.full((len(corpus.frame_index), self.n_outputs), float("nan"), device=device)
