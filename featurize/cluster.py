@@ -12,19 +12,18 @@ docs/cluster-slurm.yaml is the documented example the tests load):
     gpu: {queue, gres, cores, memory, walltime, maximum_jobs, job_extra_directives}
 
 Walltime. SLURM kills a job at its walltime; to Dask that is a worker lost mid-task, and
-tasks that were on a worker that died count towards `KilledWorker`. Each worker is started
-with `--lifetime` (walltime minus a margin, default 20% capped at 10 min, at least 30 s)
-and `--lifetime-stagger`, so it retires on its own first: it stops taking tasks, its
-running video is rescheduled, it exits, its job ends, and `adapt` submits a new job while
-videos are left. We do not pass `--lifetime-restart`: it restarts the worker inside the
-same job, which then dies at walltime anyway. Dask's SpecCluster keeps a retired job's
-name in its plan, so `adapt` would see "enough workers" and never replace it; the cluster
-here forgets a job once its worker has left. Seen on the one-node test SLURM with a
-1-minute walltime: each worker retired 30 s after its start, its job ended 51-61 s in, the
-next job followed, none reached TIMEOUT; but at load average 13-16 on 2 cores a worker's
-start-up plus its first video used up those 30 s, so that run made almost no progress (1
-of 60 videos after 4 jobs). A lifetime must hold start-up plus several videos: use
-walltimes of tens of minutes, as real sites do.
+tasks that were on a worker that died count towards `KilledWorker`. So workers retire on
+their own first (featurize/lifetime.py, a worker plugin; not Dask's `--lifetime`, which
+drops the running video): `lifetime` (default walltime minus 20%, at most 10 min, at
+least 30 s) after their job started, ± `lifetime_stagger`, a worker stops taking videos,
+finishes the one it runs, retires and exits; its job ends and `adapt` submits a new one
+while videos are left. walltime - lifetime - stagger is the time a last video has: under
+30 s the run warns (margin_warning), a video seen taking longer is a warning in the
+summary. Dask's SpecCluster keeps a retired job's name in its plan, so `adapt` would see
+"enough workers" and never replace it; the cluster here forgets a job once its worker has
+left. Jobs run their worker without a nanny (`--no-nanny`): the job is the unit SLURM
+restarts, and one interpreter fewer to start in every job (its imports are most of a
+1-minute job's start-up under load).
 
 GPU workers apart. With `gpu:` configured, GPU jobs run their workers with
 `--resources GPU=1` and only `backbone` tasks ask for that resource (featurize/pipeline.py),
@@ -50,7 +49,8 @@ from pathlib import Path
 from store.errors import InputError
 
 __all__ = ["SlurmConfig", "GpuConfig", "load_cluster_config", "parse_walltime", "slurm_cluster",
-           "worker_env_exports", "lifetime_args", "cancel_jobs", "job_script", "array_script"]
+           "worker_env_exports", "lifetime_env",
+           "lifetime_seconds", "margin_warning", "slurm_client", "cancel_jobs", "job_script", "array_script"]
 
 
 def parse_walltime(text) -> int:
@@ -202,30 +202,62 @@ def worker_env_exports(extra: dict | None = None) -> list[str]:
     return lines
 
 
-def lifetime_args(cfg: SlurmConfig, walltime: str) -> list[str]:
-    """`dask worker` flags that retire a worker before `walltime` (cfg.lifetime and
-    cfg.lifetime_stagger, SLURM time format, override the defaults)."""
-    life, stagger = _default_lifetime(parse_walltime(walltime))
+MIN_MARGIN_S = 30
+
+
+def lifetime_seconds(cfg: SlurmConfig, walltime: str) -> tuple[int, int, int]:
+    """(lifetime, stagger, walltime) seconds for jobs of `walltime`: cfg.lifetime and
+    cfg.lifetime_stagger (SLURM time format) override the defaults. A config whose
+    lifetime + stagger reaches the walltime is an error: SLURM would kill every worker
+    before it retires."""
+    wall = parse_walltime(walltime)
+    life, stagger = _default_lifetime(wall)
     if cfg.lifetime is not None:
         life = parse_walltime(cfg.lifetime)
     if cfg.lifetime_stagger is not None:
         stagger = parse_walltime(cfg.lifetime_stagger)
-    return ["--lifetime", f"{life}s", "--lifetime-stagger", f"{stagger}s"]
+    if life + stagger >= wall or life - stagger <= 0:
+        raise InputError(cfg.source or "<cluster config>", "bad_config",
+                         f"lifetime {life} s ± stagger {stagger} s does not fit walltime {walltime} ({wall} s)",
+                         "make lifetime + lifetime_stagger shorter than walltime (default: 20% before it)")
+    return life, stagger, wall
+
+
+def margin_warning(cfg: SlurmConfig, walltime: str) -> str | None:
+    """A one-line warning when jobs of `walltime` leave a worker's last video less than
+    MIN_MARGIN_S between its retirement and SLURM's kill (None when they do not)."""
+    life, stagger, wall = lifetime_seconds(cfg, walltime)
+    margin = wall - life - stagger
+    if margin >= MIN_MARGIN_S:
+        return None
+    return (f"warning: walltime {walltime} leaves a worker {margin} s between retiring (lifetime {life} s "
+            f"± {stagger} s after its job starts) and SLURM's kill: a video that takes longer is killed "
+            f"mid-way and redone; raise walltime or lower lifetime in {cfg.source or 'the cluster config'}")
+
+
+def lifetime_env(cfg: SlurmConfig, walltime: str) -> list[str]:
+    """Job-script lines for featurize/lifetime.py: the job's start (SLURM's own when it
+    sets one) and the lifetime, stagger and walltime in seconds. Not Dask's `--lifetime`:
+    that drops the video a retiring worker is running (featurize/lifetime.py says why)."""
+    life, stagger, wall = lifetime_seconds(cfg, walltime)
+    return ["export EMOCACHE_JOB_START=${SLURM_JOB_START_TIME:-$(date +%s)}",
+            f"export EMOCACHE_LIFETIME={life} EMOCACHE_LIFETIME_STAGGER={stagger} EMOCACHE_WALLTIME={wall}"]
 
 
 def _job_kwargs(cfg: SlurmConfig, *, queue, cores, memory, walltime, processes, directives,
                 resources: dict | None, log_directory, job_name) -> dict:
-    extra_args = lifetime_args(cfg, walltime)
+    extra_args = []
     if resources:
         extra_args += ["--resources", ",".join(f"{k}={v}" for k, v in resources.items())]
     if cfg.interface is None:
         extra_args += ["--host", "127.0.0.1"]
     return dict(cores=cores, processes=processes, memory=memory, walltime=walltime, queue=queue,
                 account=cfg.account, job_extra_directives=list(directives),
-                job_script_prologue=worker_env_exports() + list(cfg.job_script_prologue),
+                job_script_prologue=(worker_env_exports() + lifetime_env(cfg, walltime)
+                                     + list(cfg.job_script_prologue)),
                 local_directory=cfg.local_directory, log_directory=log_directory,
                 python=cfg.python, worker_extra_args=extra_args, death_timeout=cfg.death_timeout,
-                job_name=job_name)
+                job_name=job_name, nanny=False)
 
 
 def _cpu_job_kwargs(cfg: SlurmConfig, job_name: str) -> dict:
@@ -238,16 +270,14 @@ def _cpu_job_kwargs(cfg: SlurmConfig, job_name: str) -> dict:
 
 def job_script(cfg: SlurmConfig, scheduler: str = "tcp://127.0.0.1:8786") -> str:
     """The sbatch script one CPU worker job would get (for checking a config by eye)."""
-    from dask_jobqueue.slurm import SLURMJob
-
-    return SLURMJob(scheduler, name="worker", **_cpu_job_kwargs(cfg, "emocache")).job_script()
+    return _job_class()(scheduler, name="worker", **_cpu_job_kwargs(cfg, "emocache")).job_script()
 
 
 def slurm_cluster(cfg: SlurmConfig, n_videos: int, need_gpu: bool = False):
     """A started dask_jobqueue.SLURMCluster, adapting between cfg.minimum_jobs and as many
     jobs as the videos can keep busy (at most cfg.maximum_jobs); GPU jobs (cfg.gpu) join
     when `need_gpu` and there are GPU tasks waiting. Close it to cancel every job."""
-    from dask_jobqueue.slurm import SLURMJob
+    SLURMJob = _job_class()
 
     job_name = f"emocache-{os.getpid()}-{secrets.token_hex(3)}"   # this run's jobs, for the last scancel
     cpu = _cpu_job_kwargs(cfg, job_name)
@@ -263,6 +293,12 @@ def slurm_cluster(cfg: SlurmConfig, n_videos: int, need_gpu: bool = False):
                           resources={"GPU": 1}, log_directory=cpu["log_directory"], job_name=job_name)
         gpu_spec = {"cls": SLURMJob, "options": gkw}
 
+    import sys
+
+    for walltime in dict.fromkeys([cfg.walltime] + ([gpu_spec["options"]["walltime"]] if gpu_spec else [])):
+        warning = margin_warning(cfg, walltime)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
     cluster = _cluster_class()(interface=cfg.interface, scheduler_options=sched, **cpu)
     cluster._job_name = job_name
     cluster._gpu_spec = gpu_spec
@@ -271,6 +307,18 @@ def slurm_cluster(cfg: SlurmConfig, n_videos: int, need_gpu: bool = False):
     maximum = max(cfg.minimum_jobs, min(cfg.maximum_jobs, jobs)) + cluster._gpu_max
     cluster.adapt(minimum_jobs=cfg.minimum_jobs, maximum_jobs=maximum, wait_count=3, interval="1s")
     return cluster
+
+
+def slurm_client(cluster):
+    """A Client of `cluster` with featurize/lifetime.py's plugin on every worker (those that
+    join later too): retirement before walltime, and the events `lifetime.report` counts."""
+    from distributed import Client
+
+    from featurize.lifetime import GracefulLifetime
+
+    client = Client(cluster)
+    client.register_plugin(GracefulLifetime())
+    return client
 
 
 def array_script(cfg: SlurmConfig, shards: int, features_args: list[str], log_directory=None) -> str:
@@ -282,8 +330,9 @@ def array_script(cfg: SlurmConfig, shards: int, features_args: list[str], log_di
     what the store's one-writer-per-video claim (issue 7) is for. Resources, partition, account, extra directives and prologue from `cfg`."""
     import sys
 
-    from dask_jobqueue.slurm import slurm_format_bytes_ceil
     from dask.utils import parse_bytes
+
+    slurm_format_bytes_ceil = _jobqueue().slurm_format_bytes_ceil
 
     if shards < 1:
         raise ValueError(f"shards={shards}: need >= 1")
@@ -314,15 +363,50 @@ def cancel_jobs(job_name: str | None) -> None:
         subprocess.run(["scancel", f"--name={job_name}"], capture_output=True, timeout=60)
 
 
+def _jobqueue():
+    """dask_jobqueue.slurm, imported without its side effect: dask_jobqueue.runner (imported
+    by the package) sets SIGINT to `sys.exit()` for the whole process, so Ctrl-C of
+    `emocache features --cluster slurm` exited 0 mid-run instead of raising
+    KeyboardInterrupt (exit 130, jobs cancelled). The handler found before is put back."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        import dask_jobqueue.slurm as slurm
+    finally:
+        if main and before is not None and signal.getsignal(signal.SIGINT) is not before:
+            signal.signal(signal.SIGINT, before)
+    return slurm
+
+
+@functools.lru_cache(maxsize=1)
+def _job_class():
+    class Job(_jobqueue().SLURMJob):
+        """The worker `exec`s in the job script: it is the job's own process, so scancel's
+        and the walltime's SIGKILL reach it. Run as bash's child, a worker whose close hung
+        (after its scheduler was gone) outlived its cancelled job on the test SLURM
+        (proctrack/linuxproc follows parent pids; the orphan's parent was init) and still
+        committed a video after `squeue` showed no job."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._command_template = "exec " + self._command_template
+
+    return Job
+
+
 @functools.lru_cache(maxsize=1)
 def _cluster_class():
-    from dask_jobqueue import SLURMCluster
+    SLURMCluster = _jobqueue().SLURMCluster
 
     class Cluster(SLURMCluster):
         """SLURMCluster that (1) forgets a job once its workers left the scheduler, so adapt
         replaces jobs retired at --lifetime or cancelled (Dask keeps their names in the plan
         and would count them as running), and (2) adds GPU jobs first while fewer than
         `_gpu_max` are planned."""
+        job_cls = _job_class()
         _gpu_spec = None
         _gpu_max = 0
         _job_name = None

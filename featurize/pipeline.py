@@ -55,6 +55,10 @@ class Summary:
     keys: dict = field(default_factory=dict)         # extractor -> key
     face_rates: dict = field(default_factory=dict)   # video_id -> share of frames with a face (this run)
     skipped_names: list = field(default_factory=list)  # (path, why): hidden names, link loops
+    retired: int = 0                 # SLURM workers retired before their walltime (featurize/lifetime.py)
+    lost: int = 0                    # SLURM workers gone unannounced (killed at walltime, scancel'd)
+    restarted: list = field(default_factory=list)    # video ids whose task started again on another worker
+    slow: list = field(default_factory=list)         # (video_id, seconds, margin): longer than a job's margin
     keep: int = 5
 
     @property
@@ -97,6 +101,16 @@ class Summary:
                          + (f" and {more} more" if more > 0 else ""))
         for name, key in sorted(self.keys.items()):
             lines.append(f"  key {name}/{key}")
+        if self.retired or self.lost or self.restarted:
+            lines.append(f"  workers: {self.retired} retired before their walltime, {self.lost} lost; "
+                         f"{len(self.restarted)} "
+                         "video(s) started again after their worker left"
+                         + (f" ({', '.join(self.restarted[:self.keep])})" if self.restarted else ""))
+        if self.slow:
+            vid, sec, margin = max(self.slow, key=lambda s: s[1])
+            lines.append(f"  warning: {len(self.slow)} video(s) took longer than the {margin:.0f} s a SLURM job "
+                         f"keeps between retiring and walltime ({vid}: {sec:.0f} s); SLURM may kill a worker "
+                         "mid-video: raise slurm.walltime or lower slurm.lifetime")
         if self.face_rates:
             rates = sorted(self.face_rates.values())
             low = sorted((r, v) for v, r in self.face_rates.items() if r < LOW_FACE_RATE)
@@ -258,12 +272,11 @@ def _worker_setup() -> None:
     atexit.register(gc.freeze)
     for k, v in WORKER_ENV.items():
         os.environ.setdefault(k, v)
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
+    # torch only if a model already imported it: an audio-only worker would pay its import
+    # (12.5 s at load average 13 here, in each SLURM job's first video); torch imported
+    # later reads OMP_NUM_THREADS=1 from the line above
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
     try:
         import cv2
 
@@ -677,10 +690,14 @@ def dask_client(workers, scheduler, cluster=None, n_videos: int = 0, need_gpu: b
     if isinstance(scheduler, Client):          # the caller's client: used, not closed
         return scheduler, None
     if cluster is not None:
-        from featurize.cluster import slurm_cluster
+        from featurize.cluster import slurm_client, slurm_cluster
 
         jobs = slurm_cluster(cluster, n_videos, need_gpu=need_gpu)
-        return Client(jobs), jobs
+        try:
+            return slurm_client(jobs), jobs
+        except BaseException:
+            jobs.close()                       # cancels the jobs already submitted
+            raise
     if scheduler:
         if str(scheduler).startswith("tls://") and security is None:
             raise InputError(scheduler, "bad_config", "a tls:// scheduler needs certificates",
@@ -775,8 +792,12 @@ def run_features(rows, store_root, extractors, overrides: dict | None = None, wo
         else:
             if gpu_resource is None:
                 gpu_resource = getattr(cluster, "gpu", None) is not None
-            _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, collect, handles,
-                      cluster=cluster, gpu_resource=gpu_resource, security=security)
+            workers_report = _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, collect,
+                                       handles, cluster=cluster, gpu_resource=gpu_resource, security=security)
+            if workers_report:
+                summary.retired, summary.lost = workers_report["retired"], workers_report["lost"]
+                summary.restarted = workers_report["restarted"]
+                summary.slow = workers_report["slow"]
     summary.seconds = time.monotonic() - t0
     if echo:                # predict reports a failure itself, once
         print(summary, flush=True)
@@ -813,6 +834,7 @@ def _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, coll
     from distributed import as_completed
 
     tasks = _split_gpu(todo) if gpu_resource else [(r, n, w, None) for r, n, w in todo]
+    slurm, report = cluster is not None, None
     if not scheduler:  # no idle local workers: each one would load every model
         workers = min(int(workers or os.cpu_count() or 1), len(todo))
     client, cluster = dask_client(workers, scheduler, cluster=cluster, n_videos=len(todo),
@@ -820,12 +842,13 @@ def _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, coll
     owned = client is not scheduler
     try:
         _preload(client, tasks)
-        futures = {}
+        futures, keys = {}, {}
         for row, need, write, res in tasks:
             fut = client.submit(featurize_video, row, need, str(store_root), write, keep_partial,
                                 key=f"featurize{'-gpu' if res else ''}-{row['video_id']}-{os.getpid()}-"
                                     f"{time.monotonic_ns()}", pure=False, resources=res)
             futures[fut] = (row, need, write)
+            keys[fut.key] = row["video_id"]
         bar = _bar(len(futures), progress)
         done = as_completed(list(futures))
         for fut in done:
@@ -846,6 +869,10 @@ def _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, coll
             collect(results)
             bar.update(1)
         bar.close()
+        if slurm:
+            from featurize.lifetime import report as lifetime_report
+
+            report = lifetime_report(client, keys)
     finally:
         if cluster is not None:
             _release_models(client)
@@ -853,6 +880,7 @@ def _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, coll
             client.close()
         if cluster is not None:
             close_cluster(cluster)
+    return report
 
 
 def _load_models(specs) -> int:

@@ -128,12 +128,25 @@ def test_slurm_store_equals_local_run(slurm, demo, tmp_path):
 
 def test_job_script_has_the_local_worker_environment(tmp_path):
     """Thread pins exported, the nanny's pre-spawn environment replaced (no
-    MALLOC_TRIM_THRESHOLD_), lifetime before walltime, scheduler on 127.0.0.1."""
+    MALLOC_TRIM_THRESHOLD_), our lifetime before walltime (not Dask's --lifetime, which
+    drops the running video), scheduler on 127.0.0.1."""
     text = job_script(_config(tmp_path, walltime="00:01:00"))
     assert "export OMP_NUM_THREADS=1" in text and "MALLOC_TRIM" not in text
     assert "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON=" in text
-    assert "--lifetime 30s --lifetime-stagger 7s" in text and "--lifetime-restart" not in text
+    assert "EMOCACHE_LIFETIME=30 EMOCACHE_LIFETIME_STAGGER=7 EMOCACHE_WALLTIME=60" in text
+    assert "EMOCACHE_JOB_START=" in text and "--lifetime" not in text
     assert "#SBATCH -t 00:01:00" in text and "--host 127.0.0.1" in text
+
+
+def test_lifetime_that_does_not_fit_the_walltime_is_one_clear_error(tmp_path, capsys):
+    from featurize.cluster import margin_warning
+    from store.errors import InputError
+
+    with pytest.raises(InputError) as e:
+        job_script(_config(tmp_path, walltime="00:01:00", lifetime="00:55", lifetime_stagger="00:10"))
+    assert e.value.reason == "bad_config" and "walltime" in e.value.fix
+    assert "23 s between retiring" in margin_warning(_config(tmp_path, walltime="00:01:00"), "00:01:00")
+    assert margin_warning(_config(tmp_path), "00:30:00") is None      # 6 min before a 30 min walltime
 
 
 def test_job_array_script(slurm, demo, tmp_path):
