@@ -25,6 +25,12 @@ Here (`GracefulLifetime`, a worker plugin the driver registers on SLURM clusters
   its imports) that took longer than the job's margin (walltime - lifetime - stagger: the
   time a last video has before SLURM kills it) is a Dask event under TOPIC; `report`
   turns them into the counts the run prints.
+
+Seen on the one-node test SLURM, 1-minute walltime, lifetime 40 s ± 2 s, 2 jobs at a time
+(tests/test_slurm_walltime.py): at load average 6-12, 18 videos in 82 s over 4 jobs, 3
+retirements, no worker lost, no video started twice; at 13-16 with lifetime 30 s ± 7 s
+(a job's start-up ~50 s: the first-video rule carried each job) 6 videos over 4 jobs, 3
+retirements, likewise none lost or restarted.
 """
 from __future__ import annotations
 

@@ -5,8 +5,6 @@ worker job's videos are rescheduled, and all jobs are gone at the end.
 Audio-only extractors (logmel, mfcc): the point is scheduling. Long wavs hard-linked under
 many names give tasks of a few seconds each without writing much to disk."""
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from featurize.cluster import job_script, load_cluster_config
 from featurize.demo import write_demo_corpus
 from featurize.pipeline import run_features
 from store.reader import manifest_rows
+from clirun import emocache
 from test_dask_cluster import assert_same_arrays
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,12 +153,8 @@ def test_job_array_script(slurm, demo, tmp_path):
     into one store, which then equals the local run's."""
     root, rows, keys = demo
     script, store = tmp_path / "array.sh", tmp_path / "store"
-    cli = [sys.executable, "-m", "experiments.cli"]
-    r = subprocess.run([*cli, "slurm-script", "--shards", "2", "--out", str(script),
-                        "--cluster-config", str(EXAMPLE), "--input", str(root / "corpus"),
-                        "--store", str(store), "--extractors", ",".join(AUDIO)],
-                       capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    emocache("slurm-script", "--shards", "2", "--out", script, "--cluster-config", EXAMPLE,
+             "--input", root / "corpus", "--store", store, "--extractors", ",".join(AUDIO), cwd=tmp_path)
     text = script.read_text()
     assert "#SBATCH --array=0-1" in text and '--shard "$SLURM_ARRAY_TASK_ID/2"' in text
     sub = slurm.run("sbatch", "--wait", "--parsable", str(script), timeout=300)

@@ -3,12 +3,11 @@ rescheduled, every video ends in the store exactly once); Ctrl-C of `emocache fe
 --cluster slurm` (exit 130, one line, every job gone, a re-run finishes only the rest)."""
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
+from clirun import emocache, emocache_popen
 
 from test_slurm import (AUDIO, EXAMPLE, QueueWatch, _assert_one_line_each, _config, _final_states, _ours_left,
                         _wav_corpus)
@@ -61,11 +60,9 @@ def test_ctrl_c_of_the_cli_cancels_every_job_and_a_rerun_finishes_the_rest(slurm
     the same command again exits 0, skips what was done and commits each of the rest once."""
     rows = _wav_corpus(tmp_path / "wavs", 30, seconds=60)
     store = tmp_path / "store"
-    cmd = [sys.executable, "-m", "experiments.cli", "features", "--input", str(tmp_path / "wavs"),
-           "--store", str(store), "--extractors", ",".join(AUDIO), "--cluster", "slurm",
-           "--cluster-config", str(EXAMPLE), "--quiet"]
-    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    args = ["features", "--input", tmp_path / "wavs", "--store", store, "--extractors", ",".join(AUDIO),
+            "--cluster", "slurm", "--cluster-config", EXAMPLE, "--quiet"]
+    p = emocache_popen(*args, cwd=tmp_path, start_new_session=True)
     ours = f"emocache-{p.pid}-"
     try:
         deadline = time.monotonic() + 240
@@ -98,8 +95,7 @@ def test_ctrl_c_of_the_cli_cancels_every_job_and_a_rerun_finishes_the_rest(slurm
     kept = {n: {m["video_id"]: m for m in _lines(store, n)} for n in AUDIO}
     assert len(kept["logmel"]) >= 2
 
-    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-2000:]
+    again = emocache(*args, cwd=tmp_path)
     assert f"already done {sum(map(len, kept.values()))}," in again.stdout, again.stdout
     for n in AUDIO:                                              # finished videos not redone
         after = {m["video_id"]: m for m in _lines(store, n)}
