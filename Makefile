@@ -51,7 +51,9 @@ $(STAMP): requirements.txt setup.cfg
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-deps $(shell grep -m1 '^torchvision==' requirements.txt)
 	$(PIP) install -q -r requirements.txt
-	$(PIP) install -q --no-deps --no-build-isolation -e .
+	@# setuptools' 10-line 'Editable installation ... !!' notice (pip 26 shows it as a BuildBackendWarning)
+	@# says nothing about this project: filtered by its message, every other warning still shows
+	PYTHONWARNINGS='ignore:Editable installation' $(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PIP) check
 	@# numba compiles librosa's kernels once, here, into NUMBA_CACHE_DIR (not in every worker's first video)
 	$(PY) -c 'from featurize.audio import warm_cache; print(f"numba cache warmed in {warm_cache():.0f} s: $(NUMBA_CACHE_DIR)")'

@@ -66,6 +66,8 @@ def run_fold(cfg: config.StudyConfig, store_root, run_dir, device=None, *, resum
     if cfg.train.select not in ("best", "last"):
         raise InputError("<config>", "bad_config", f"train.select {cfg.train.select!r}", fix="best or last")
     dev = runinfo.pick_device(device)
+    if dev.type == "cpu" and cfg.train.threads:
+        torch.set_num_threads(int(cfg.train.threads))
     config.dump(cfg, run_dir / "config.yaml")
     write_json(runinfo.collect(dev, cfg.seed), run_dir / "runinfo.json")
 

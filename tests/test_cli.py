@@ -250,6 +250,9 @@ def test_predict_prints_each_path_once_one_not_media_line_and_the_demo_warning(c
     run_dir = Path(t.stdout.strip().splitlines()[-1].split("run: ", 1)[1])
     assert (run_dir / "tensorboard").is_dir() and list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert not (run_dir / "FAILED").exists()
+    # demo.yaml's train.threads: 1 (two threads were 6-10x slower per epoch on a busy 2-core machine)
+    import json
+    assert json.loads((run_dir / "runinfo.json").read_text())["machine"]["torch_threads"] == 1
 
     # --run RUNS/<study>: its latest finished run
     p = run("predict", corpus / "videos" / "demo_01.mp4", "--run", tmp_path / "runs" / "tiny",

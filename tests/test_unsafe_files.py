@@ -17,7 +17,7 @@ def test_yaml_with_a_python_tag_is_refused_without_running_it(tmp_path):
     study = tmp_path / "evil.yaml"
     study.write_text(f"name: evil\nx: !!python/object/apply:os.system ['touch {marker}']\n")
     (tmp_path / "features").mkdir()  # a store, so the check of --store passes
-    p = emocache("train", "--exp", study, "--store", tmp_path, ok=False, timeout=300)
+    p = emocache("train", "--exp", study, "--store", tmp_path, "--runs", tmp_path / "runs", ok=False, timeout=300)
     assert p.returncode == 2, p.stderr
     assert "[unsafe_file]" in p.stderr and "evil.yaml" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
