@@ -37,7 +37,7 @@ class BaselineSpec:
     name: str
     features: list = field(default_factory=lambda: ["mfcc"])   # extractor names / {extractor, params, key}; or ["egemaps"]
     model: str = "logreg"          # logreg | linear_svm
-    C: float = 0.1
+    C: object = 0.1                # a number, or a list: chosen per fold on the inner validation folds
     per_group: object = None       # True | False | "both"; None: follow the study's setting
 
     @property
@@ -70,7 +70,10 @@ def parse_specs(raw) -> list[BaselineSpec]:
             raise InputError("<config>", "bad_config", f"baselines[{i}].model {spec.model!r}",
                              fix=f"one of {', '.join(MODELS.names())}")
         spec.features = list(spec.features) if isinstance(spec.features, (list, tuple)) else [spec.features]
-        spec.C = float(spec.C)
+        spec.C = [float(c) for c in spec.C] if isinstance(spec.C, (list, tuple)) else float(spec.C)
+        if spec.C == []:
+            raise InputError("<config>", "bad_config", f"baselines[{i}].C is an empty list",
+                             fix="a number, or a list of candidates such as [0.0001, 0.001, 0.01]")
         out.append(spec)
     return out
 
@@ -220,11 +223,24 @@ def linear_svm(C: float, seed: int):
     return LinearSVC(C=C, max_iter=20000, random_state=seed)
 
 
-def _model(spec: BaselineSpec, seed: int):
+def _model(spec: BaselineSpec, seed: int, C: float | None = None):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), MODELS.get(spec.model)(spec.C, seed))
+    return make_pipeline(StandardScaler(), MODELS.get(spec.model)(spec.C if C is None else C, seed))
+
+
+def choose_C(X, y, fold, train, val_folds, spec: BaselineSpec, n_classes: int, seed: int = 0) -> float:
+    """The candidate C (``spec.C``, a list) with the best UAR on the validation folds
+    ``val_folds``, fitted on the rest of ``train`` (nested: the test fold is never seen;
+    ties go to the smaller C, the stronger regularisation)."""
+    val = train & np.isin(fold, [str(f) for f in val_folds])
+    fit = train & ~val
+    cands, scores = sorted(spec.C), []
+    for c in cands:
+        pred = _model(spec, seed, c).fit(X[fit], y[fit]).predict(X[val])
+        scores.append(_scores(pred, y[val], n_classes)["uar"])
+    return float(cands[int(np.argmax(scores))])
 
 
 def _scores(pred: np.ndarray, true: np.ndarray, n: int) -> dict:
@@ -233,18 +249,27 @@ def _scores(pred: np.ndarray, true: np.ndarray, n: int) -> dict:
 
 
 def cross_validate(X: np.ndarray, y: np.ndarray, fold: np.ndarray, test_folds, spec: BaselineSpec,
-                   classes, seed: int = 0) -> dict:
-    """Fit on every other fold, predict each test fold; per-fold and pooled scores."""
+                   classes, seed: int = 0, inner: dict | None = None) -> dict:
+    """Fit on every other fold, predict each test fold; per-fold and pooled scores.
+
+    A list ``spec.C`` is searched per test fold on its validation folds ``inner[fold]`` (the
+    head's nested validation speakers), then the model is refitted on all its training folds."""
     pred = np.full(len(y), -1, np.int64)
     per_fold = {}
+    if isinstance(spec.C, list) and not inner:
+        raise InputError("<config>", "bad_config", f"baseline {spec.name!r}: a list of C needs validation folds",
+                         fix="set folds.inner_val (validation speakers per fold), or give C one number")
     for f in test_folds:
         te = fold == str(f)
         tr = ~te & (y >= 0)
         if not te.any():
             continue
-        clf = _model(spec, seed).fit(X[tr], y[tr])
+        c = choose_C(X, y, fold, tr, inner[str(f)], spec, len(classes), seed) if isinstance(spec.C, list) else None
+        clf = _model(spec, seed, c).fit(X[tr], y[tr])
         pred[te] = clf.predict(X[te])
         per_fold[str(f)] = _scores(pred[te], y[te], len(classes))
+        if c is not None:
+            per_fold[str(f)]["C"] = c
     done = pred >= 0
     out = _scores(pred[done], y[done], len(classes))
     p, t = torch.as_tensor(pred[done]), torch.as_tensor(y[done])
@@ -256,12 +281,14 @@ def cross_validate(X: np.ndarray, y: np.ndarray, fold: np.ndarray, test_folds, s
 
 
 def run_baselines(specs, rows: list[dict], fold_of: dict, store_root, classes, *, target: str = "emotion",
-                  group: str = "group", per_group: bool = False, test_folds=None, seed: int = 0) -> dict:
+                  group: str = "group", per_group: bool = False, test_folds=None, seed: int = 0,
+                  inner: dict | None = None) -> dict:
     """Every baseline on ``rows`` under the fold assignment ``fold_of`` (video_id -> fold).
 
     Returns {name: metrics} with pooled ``uar``/``accuracy`` over the test folds, ``per_fold``,
     the confusion matrix, ``pred`` (class index per row, -1 where not tested) and what was
     used; a baseline that cannot run here (opensmile missing) has ``skipped``: the reason.
+    ``inner``: {test fold: its validation folds}, where a list of C is searched (nested).
     """
     # the rows with a fold and a known class (what the head is scored on too)
     rows = [r for r in rows if r["video_id"] in fold_of and (r.get("labels") or {}).get(target) in classes]
@@ -292,7 +319,7 @@ def run_baselines(specs, rows: list[dict], fold_of: dict, store_root, classes, *
                     cache[ck] = standardize_groups(raw, groups) if pg else raw
                 else:
                     cache[ck] = store_pooled(store_root, ids, groups, spec.features, pg)
-            res = cross_validate(cache[ck], y, fold, test_folds, spec, classes, seed)
+            res = cross_validate(cache[ck], y, fold, test_folds, spec, classes, seed, inner)
             results[name] = {**info, **res, "seconds": round(time.time() - t0, 2)}
     return results
 

@@ -208,9 +208,11 @@ def _baselines(cfg, store_root, rows, fold_of, folds, classes, test_videos) -> d
         s.features = [known.get(x, x) if isinstance(x, str) else x for x in s.features]
     tested = {v for vids in test_videos.values() for v in vids}     # exactly the head's test videos
     used = {v: fold_of[v] for v in tested}
+    n_inner = int(cfg.folds.inner_val or 0)
+    inner = {f: inner_val_folds(folds, f, n_inner, cfg.folds.seed) for f in folds} if n_inner else None
     return baselines.run_baselines(specs, rows, used, store_root, classes, target=cfg.labels.targets[0],
                            group=cfg.data.normalize_by or "group", per_group=bool(cfg.data.normalize_by),
-                           test_folds=folds, seed=cfg.seed)
+                           test_folds=folds, seed=cfg.seed, inner=inner)
 
 
 def _write_predictions(run_dir: Path, preds: list[dict], classes, base: dict) -> None:

@@ -75,6 +75,7 @@ def study_run(emodb_store, tmp_path_factory):
         "train.epochs=2", "train.fold_jobs=1", "head.args.hidden=16", "head.args.depth=2",
         # the eGeMAPS baseline (when opensmile is installed) is exercised on the same folds
         "baselines=[{name: pooled MFCC + LR, features: [mfcc], per_group: both},"
+        " {name: nested C, features: [mfcc], C: [0.01, 1.0]},"
         " {name: eGeMAPS + linear SVM, features: [egemaps], model: linear_svm}]"])
     return run_dir, json.loads((run_dir / "metrics.json").read_text())
 
@@ -90,6 +91,9 @@ def test_report_has_head_and_baselines_side_by_side(study_run):
         assert 0.0 <= r["uar"] <= 1.0 and 0.0 <= r["accuracy"] <= 1.0
         assert sorted(r["per_fold"]) == list(SPEAKERS)
         assert sum(f["n_clips"] for f in r["per_fold"].values()) == len(SPEAKERS) * PER_SPEAKER
+    # a list of C: one chosen per fold on that fold's validation speaker, recorded
+    nested = m["baselines"]["nested C (per-group std)"]
+    assert {f["C"] for f in nested["per_fold"].values()} <= {0.01, 1.0} and nested["C"] == [0.01, 1.0]
     egemaps = [v for k, v in m["baselines"].items() if k.startswith("eGeMAPS")]
     assert len(egemaps) == 1      # standardised per speaker, as the study
     if B.opensmile_available() is None:
@@ -206,6 +210,16 @@ def test_emodb_study_is_ser_with_its_class_list():
     a, b = cfg.to_dict(), ser.to_dict()
     assert {k for k in a if a[k] != b[k]} == {"name", "dataset", "description", "labels"}
     assert {k for k in a["labels"] if a["labels"][k] != b["labels"][k]} == {"targets", "classes"}
+
+
+def test_opensmile_study_is_emodb_plus_the_compare_llds():
+    cfg, emodb = C.load("emodb-opensmile"), C.load("emodb")
+    a, b = cfg.to_dict(), emodb.to_dict()
+    assert {k for k in a if a[k] != b[k]} == {"name", "description", "features"}
+    assert [f.extractor for f in cfg.features["audio"]] == ["logmel", "mfcc", "opensmile"]
+    assert cfg.features["audio"][2].params == {"feature_set": "compare", "deltas": True}
+    # the general recipe never needs the optional (research-licence) opensmile for its head
+    assert "opensmile" not in [f.extractor for f in C.load("ser").features["audio"]]
 
 
 def test_inner_validation_folds_come_from_the_training_folds():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from heads.augment import mixup, mixup_loss, spec_mask
-from heads.classifier import SequenceClassifier
+from heads.classifier import SequenceClassifier, masked_stats
 
 
 def _batch():
@@ -45,6 +45,7 @@ def test_mixup_blends_rows_and_labels_with_one_lambda():
 
 @pytest.mark.parametrize("kw", [dict(pool="attn"), dict(pool="meanstd", multiscale=True),
                                 dict(pool="attn", multiscale=True, input_stats=True),
+                                dict(pool="meanstd", input_stats=["mean", "std", "p10", "p90"]),
                                 dict(pool="meanstd", mel_bands=16, cnn_channels=4, cnn_blocks=2)])
 def test_classifier_levers_ignore_padding(kw):
     x, mask = _batch()
@@ -59,11 +60,47 @@ def test_classifier_levers_ignore_padding(kw):
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
 
 
+def test_input_statistics_are_numpys_over_the_valid_steps():
+    x, mask = _batch()
+    mask[1, 7:] = False
+    got = masked_stats(x, mask, ("p90", "mean", "std", "p10", "p50"))
+    for i, n in ((0, 20), (1, 7), (2, 50)):
+        v = x[i, :n].double().numpy()
+        want = np.concatenate([np.percentile(v, 90, axis=0), v.mean(0), v.std(0),
+                               *np.percentile(v, [10, 50], axis=0)])
+        np.testing.assert_allclose(got[i].numpy(), want, rtol=1e-4, atol=1e-4)
+    mask[3] = False                                    # no valid step: zeros, not NaN
+    assert torch.isfinite(masked_stats(x, mask, ("mean", "p10"))).all()
+    assert masked_stats(x, mask, ("mean", "p10"))[3].abs().max() < 1e-3
+
+
+def test_nested_C_is_chosen_without_the_test_fold():
+    from experiments.baselines import BaselineSpec, cross_validate
+    from store.errors import InputError
+
+    rng = np.random.default_rng(0)
+    y = np.tile(np.arange(3), 40)
+    fold = np.repeat(np.array([f"s{i}" for i in range(4)]), 30)
+    X = rng.normal(size=(120, 30)) + 0.8 * np.eye(3)[y] @ rng.normal(size=(3, 30))
+    spec = BaselineSpec("x", C=[1e-4, 1e-2, 1.0])
+    inner = {f"s{i}": [f"s{(i + 1) % 4}"] for i in range(4)}
+    a = cross_validate(X, y, fold, [f"s{i}" for i in range(4)], spec, ["a", "b", "c"], inner=inner)
+    X2 = X.copy()
+    X2[fold == "s0"] = rng.normal(size=(30, 30))       # the test fold's features say nothing about C
+    b = cross_validate(X2, y, fold, ["s0"], spec, ["a", "b", "c"], inner=inner)
+    assert a["per_fold"]["s0"]["C"] == b["per_fold"]["s0"]["C"] in spec.C
+    assert a["uar"] > 0.6
+    with pytest.raises(InputError, match="validation folds"):
+        cross_validate(X, y, fold, ["s0"], spec, ["a", "b", "c"])
+
+
 def test_classifier_rejects_unknown_levers():
     with pytest.raises(ValueError, match="pool"):
         SequenceClassifier(8, 3, encoder="conv", pool="max")
     with pytest.raises(ValueError, match="multiscale"):
         SequenceClassifier(8, 3, encoder="tcn", multiscale=True)
+    with pytest.raises(ValueError, match="input_stats"):
+        SequenceClassifier(8, 3, encoder="conv", input_stats=["mean", "kurtosis"])
     with pytest.raises(ValueError, match="bands"):
         SequenceClassifier(8, 3, encoder="conv", mel_bands=4, cnn_blocks=3)
 
