@@ -208,8 +208,10 @@ def _baselines(cfg, store_root, rows, fold_of, folds, classes, test_videos) -> d
         s.features = [known.get(x, x) if isinstance(x, str) else x for x in s.features]
     tested = {v for vids in test_videos.values() for v in vids}     # exactly the head's test videos
     used = {v: fold_of[v] for v in tested}
-    n_inner = int(cfg.folds.inner_val or 0)
-    inner = {f: inner_val_folds(folds, f, n_inner, cfg.folds.seed) for f in folds} if n_inner else None
+    # a list of C is chosen on validation folds drawn from each fold's training folds: the
+    # head's (folds.inner_val), or 2 drawn the same way when the head needs none (select: last)
+    n_inner = int(cfg.folds.inner_val or 0) or min(2, len(folds) - 2)
+    inner = {f: inner_val_folds(folds, f, n_inner, cfg.folds.seed) for f in folds} if n_inner > 0 else None
     return baselines.run_baselines(specs, rows, used, store_root, classes, target=cfg.labels.targets[0],
                            group=cfg.data.normalize_by or "group", per_group=bool(cfg.data.normalize_by),
                            test_folds=folds, seed=cfg.seed, inner=inner)
