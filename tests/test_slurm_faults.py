@@ -44,6 +44,7 @@ def test_scancel_of_a_running_worker_job(slurm, tmp_path):
     assert cancelled, "no running job to cancel was seen"
     assert _final_states(slurm, set(cancelled))[cancelled[0]] == "CANCELLED"
     assert s.failed_total == 0, str(s)
+    assert s.lost >= 1 and set(s.restarted) <= {r["video_id"] for r in rows}, str(s)  # the summary says so
     _assert_one_line_each(store, s.keys, rows)
     assert _ours_left(slurm) == []
 

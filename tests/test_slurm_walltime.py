@@ -12,9 +12,10 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 SECONDS, FIRST, MOST = 240, 4, 90    # names of one 4-min wav; FIRST done beforehand
 JOBS, GENERATIONS = 2, 3
-# a 1-minute walltime: retire 40 s ± 2 s after the job's start, 18 s for the last video and
-# the exit (the default, 30 s ± 7 s, left 23 s; at load 15 a job's start-up alone is ~50 s)
-LIFE, STAGGER = 40, 2
+# a 1-minute walltime: retire at most 40 s ± 2 s after the job's start, leaving >= 18 s for
+# the last video and the exit (the default, 30 s ± 7 s, left 23 s; at load 15 a job's
+# start-up alone is ~50 s); at least 20 s, shorter on an idle machine (see _plan)
+LIFE, SHORTEST, STAGGER = 40, 20, 2
 
 
 # what a fresh job's worker does before its first video is under way: start Python, import
@@ -37,15 +38,22 @@ def _startup_seconds() -> float:
     return time.monotonic() - t0 + 3.0      # + sbatch to job start on the test SLURM (sched_interval=2)
 
 
-def _corpus_size(store, keys) -> int:
-    """Videos for the SLURM run: enough that each of JOBS jobs has to be replaced
+def _plan(store, keys) -> tuple[int, int]:
+    """(videos, lifetime s) for the SLURM run, so that each of JOBS jobs has to be replaced
     GENERATIONS - 1 times at this machine's speed now: a job does the videos that fit in
-    the 38 s (lifetime 40 s - stagger 2 s) after its start-up, at least one. A video's time
-    is its manifest 'seconds' in the local run beforehand; start-up, measured now, 18 s at
-    load average 6; ~50 s at 15 (then 1 video a job, 6 in all)."""
-    video = max(sorted(m["seconds"] for m in manifest_rows(store, n, k))[FIRST // 2] for n, k in keys.items())
-    per_job = max(1, int((LIFE - STAGGER - _startup_seconds()) // max(video, 0.1)))
-    return min(MOST - FIRST, JOBS * GENERATIONS * per_job)
+    lifetime - stagger after its start-up, at least one. A video's time is its manifest
+    'seconds' in the local run beforehand; start-up is measured now (18 s at load average 6,
+    ~50 s at 15: then 1 video a job, 6 in all). On an idle machine the lifetime shrinks
+    (down to SHORTEST) rather than the corpus growing past MOST."""
+    video = max(max(sorted(m["seconds"] for m in manifest_rows(store, n, k))[FIRST // 2], 0.1)
+                for n, k in keys.items())
+    # x1.5: a job's real start-up (2 at once, plus registering and the first task) ran
+    # longer: at load 13, 5.5 videos a job were done where 11 were planned
+    startup = 1.5 * _startup_seconds()
+    target = -(-(MOST - FIRST) // (JOBS * GENERATIONS))              # videos a job should do
+    life = int(min(LIFE, max(SHORTEST, startup + STAGGER + target * video)))
+    per_job = max(1, int((life - STAGGER - startup) // video))
+    return min(MOST - FIRST, JOBS * GENERATIONS * per_job), life
 
 
 def _arrays(store, keys, vid):
@@ -74,10 +82,11 @@ def test_one_minute_walltime_loses_and_redoes_nothing(slurm, tmp_path):
     mtimes = {p: p.stat().st_mtime_ns for p in store.joinpath("features").rglob("*") if p.is_file()
               and any(f"/{v}/" in str(p) for v in before["logmel"])}
     reference = _arrays(store, keys, rows[0]["video_id"])
-    rows = rows[:FIRST + _corpus_size(store, keys)]
+    n, life = _plan(store, keys)
+    rows = rows[:FIRST + n]
     N = len(rows)
 
-    cfg = _config(tmp_path, walltime="00:01:00", lifetime=f"00:{LIFE}", lifetime_stagger=f"00:0{STAGGER}",
+    cfg = _config(tmp_path, walltime="00:01:00", lifetime=f"00:{life:02d}", lifetime_stagger=f"00:0{STAGGER}",
                   maximum_jobs=JOBS)
     with QueueWatch(slurm) as watch:
         s = run_features(rows, store, AUDIO, cluster=cfg, progress=False)
@@ -98,5 +107,5 @@ def test_one_minute_walltime_loses_and_redoes_nothing(slurm, tmp_path):
     for r in rows[FIRST:]:                               # nothing lost: equal to the local run
         _assert_same(_arrays(store, keys, r["video_id"]), reference, r["video_id"])
     assert _ours_left(slurm) == []
-    print(f"walltime 1 min: {N - FIRST} videos, {len(jobs)} jobs, {s.retired} retirements, "
+    print(f"walltime 1 min, lifetime {life} s: {N - FIRST} videos, {len(jobs)} jobs, {s.retired} retirements, "
           f"{s.seconds:.0f} s; job states {sorted(states.values())}")
