@@ -254,6 +254,7 @@ def _key_state(handle) -> tuple[set, set]:
 # ---------------------------------------------------------------------------- the task
 
 _WORKER_READY = False
+_PINNED: set = set()
 
 
 def _worker_setup() -> None:
@@ -272,18 +273,28 @@ def _worker_setup() -> None:
     atexit.register(gc.freeze)
     for k, v in WORKER_ENV.items():
         os.environ.setdefault(k, v)
-    # torch only if a model already imported it: an audio-only worker would pay its import
-    # (12.5 s at load average 13 here, in each SLURM job's first video); torch imported
-    # later reads OMP_NUM_THREADS=1 from the line above
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:
-        pass
+    # torch and cv2 only if a model already imported them: an audio-only worker would pay
+    # torch's import (12.5 s at load average 13 here, in each SLURM job's first video);
+    # torch imported later reads OMP_NUM_THREADS=1 from the line above
+    _pin_threads()
     _WORKER_READY = True
+
+
+def _pin_threads() -> None:
+    """torch and OpenCV to one thread, once each, if this process has imported them.
+
+    Why not import them here: importing torch only to pin it cost every worker 1.5-2 s of
+    CPU before its first video, audio-only runs included (cProfile of a fresh worker:
+    torch/__init__ 6.9 of 7.0 s profiled in _load_models for logmel+mfcc). Called again
+    once models are built (the extractors that use torch or cv2 import them then); torch
+    also reads OMP_NUM_THREADS=1 from WORKER_ENV at import, and fer/backbone set their
+    own thread count around each call."""
+    for name in ("torch", "cv2"):
+        mod = sys.modules.get(name)
+        if mod is None or name in _PINNED:
+            continue
+        (mod.set_num_threads if name == "torch" else mod.setNumThreads)(1)
+        _PINNED.add(name)
 
 
 def _batch_for(info) -> int:
@@ -522,6 +533,7 @@ def _run_video(row, info, specs, outs, attrs, registry, keep_partial) -> int:
     from featurize import decode
 
     live = {s.name: registry.get_cached(s.name, s.config) for s in specs}
+    _pin_threads()
     crop_names = [s.name for s in specs if s.kind == "crops"]
     frame_names = [s.name for s in specs if s.kind == "frames"]
     failed: set[str] = set()
@@ -829,6 +841,60 @@ def _split_gpu(todo) -> list[tuple]:
     return out
 
 
+# Short audio-only files go several to a Dask task. Why: through `emocache features
+# --workers 1` each task also cost the client process (scheduler, nanny, futures) ~39 ms of
+# CPU, on a 3 s speech clip whose own work is ~60 ms (psutil CPU of each process, 60 clips,
+# logmel+mfcc). Video files stay one per task: their own work (decode, models) dwarfs it.
+BATCH_MAX_FILES = 16
+BATCH_MAX_BYTES = 4 << 20        # ~2 min of 16 kHz wav, ~1-2 s of logmel+mfcc work
+TASKS_PER_WORKER = 4             # keep this many tasks per worker for balance and progress
+
+
+def _input_bytes(row) -> int:
+    try:
+        return os.stat(row.get("path") or "").st_size
+    except (OSError, TypeError, ValueError):
+        return 0
+
+
+def batch_tasks(tasks, workers: int) -> list[list[tuple]]:
+    """Tasks (row, need, write, resources) grouped into Dask tasks: audio-only CPU work in
+    batches of up to BATCH_MAX_FILES files / BATCH_MAX_BYTES, at least TASKS_PER_WORKER
+    batches per worker; everything else one per task. Order is kept."""
+    audio = [t for t in tasks if t[3] is None and all(s.kind == "audio" for s in t[1])]
+    per = max(1, min(BATCH_MAX_FILES, len(audio) // max(1, TASKS_PER_WORKER * int(workers or 1))))
+    out, cur, size = [], [], 0
+    for t in tasks:
+        if per == 1 or t[3] is not None or not all(s.kind == "audio" for s in t[1]):
+            if cur:
+                out.append(cur)
+                cur, size = [], 0
+            out.append([t])
+            continue
+        b = _input_bytes(t[0])
+        if cur and (len(cur) >= per or size + b > BATCH_MAX_BYTES):
+            out.append(cur)
+            cur, size = [], 0
+        cur.append(t)
+        size += b
+    if cur:
+        out.append(cur)
+    return out
+
+
+def featurize_batch(items, store_root, keep_partial: bool = False) -> list[tuple[str, object]]:
+    """featurize_video for each (row, need, write): one ("ok", results) or ("error", message)
+    per item, so one file's failure stays that file's (each file is claimed, committed and
+    announced on its own, exactly as in its own task)."""
+    out = []
+    for row, need, write in items:
+        try:
+            out.append(("ok", featurize_video(row, need, store_root, write, keep_partial)))
+        except Exception as e:  # noqa: BLE001  (recorded for this file by the client)
+            out.append(("error", f"task failed outside the extractors: {_message(e)}"))
+    return out
+
+
 def _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, collect, handles,
               cluster=None, gpu_resource=False, security=None):
     from distributed import as_completed
@@ -840,34 +906,52 @@ def _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, coll
     client, cluster = dask_client(workers, scheduler, cluster=cluster, n_videos=len(todo),
                                   need_gpu=any(res for *_x, res in tasks), security=security)
     owned = client is not scheduler
+
+    def failed(row, write, msg):
+        results = []
+        for n in write:
+            _record(handles[n], row["video_id"], "extractor_error", msg, row.get("original_id"))
+            results.append({"video_id": row["video_id"], "extractor": n, "status": "failed",
+                            "reason": "extractor_error", "message": msg})
+        return results
+
     try:
         _preload(client, tasks)
-        futures, keys = {}, {}
-        for row, need, write, res in tasks:
-            fut = client.submit(featurize_video, row, need, str(store_root), write, keep_partial,
-                                key=f"featurize{'-gpu' if res else ''}-{row['video_id']}-{os.getpid()}-"
-                                    f"{time.monotonic_ns()}", pure=False, resources=res)
-            futures[fut] = (row, need, write)
-            keys[fut.key] = row["video_id"]
-        bar = _bar(len(futures), progress)
-        done = as_completed(list(futures))
+        n_workers = len(client.scheduler_info().get("workers", {})) or int(workers or 1)
+        futures, keys = {}, {}   # keys: task key -> its video ids (featurize.lifetime.report)
+
+        def submit(batch):
+            res = batch[0][3]
+            fut = client.submit(featurize_batch, [(r, n, w) for r, n, w, _res in batch], str(store_root),
+                                keep_partial, key=f"featurize{'-gpu' if res else ''}-{batch[0][0]['video_id']}-"
+                                f"{len(batch)}-{os.getpid()}-{time.monotonic_ns()}", pure=False, resources=res)
+            futures[fut] = batch
+            keys[fut.key] = ", ".join(t[0]["video_id"] for t in batch)
+            return fut
+
+        # SLURM workers retire at their lifetime after finishing the running task (featurize/
+        # lifetime.py), which is sized for one video: there each file stays its own task
+        batches = [[t] for t in tasks] if slurm else batch_tasks(tasks, n_workers)
+        done = as_completed([submit(b) for b in batches])
+        bar = _bar(len(tasks), progress)
         for fut in done:
-            row, need, write = futures.pop(fut)
+            batch = futures.pop(fut)
             try:
-                results = fut.result()
+                outcome = fut.result()
             except Exception as e:  # noqa: BLE001  (a worker died: KilledWorker, ...)
-                msg = f"task failed outside the extractors: {_message(e)}"
-                results = []
-                for n in write:
-                    _record(handles[n], row["video_id"], "extractor_error", msg, row.get("original_id"))
-                    results.append({"video_id": row["video_id"], "extractor": n, "status": "failed",
-                                    "reason": "extractor_error", "message": msg})
+                if len(batch) > 1:  # each file again on its own: one bad file never sinks the others
+                    for t in batch:  # (those already committed come back "skipped" at once)
+                        done.add(submit([t]))
+                    fut.release()
+                    continue
+                outcome = [("error", f"task failed outside the extractors: {_message(e)}")]
             # Let go of the finished task at once: a future still held is one the scheduler
             # recomputes when the worker holding its result dies.
             fut.release()
             del fut
-            collect(results)
-            bar.update(1)
+            for (row, _need, write, _res), (kind, value) in zip(batch, outcome):
+                collect(value if kind == "ok" else failed(row, write, value))
+                bar.update(1)
         bar.close()
         if slurm:
             from featurize.lifetime import report as lifetime_report
@@ -889,6 +973,7 @@ def _load_models(specs) -> int:
     registry = _load_registry()
     for s in specs:
         registry.get_cached(s.name, s.config)
+    _pin_threads()
     return os.getpid()
 
 

@@ -129,3 +129,57 @@ def test_local_workers_keep_glibc_adaptive_malloc():
         client.close()
         cluster.close()
     assert env == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}
+
+
+def _tone_wavs(folder: Path, n: int, seconds: float = 1.0) -> list[Path]:
+    """n short 16 kHz mono wavs (different tones), as a speech corpus's clips are."""
+    import wave
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        t = np.arange(int(16000 * seconds)) / 16000
+        pcm = (0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t) * 32767).astype("<i2")
+        p = folder / f"clip{i:02d}.wav"
+        with wave.open(str(p), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(16000)
+            w.writeframes(pcm.tobytes())
+        paths.append(p)
+    return paths
+
+
+def test_short_audio_files_share_tasks_and_one_bad_file_fails_alone(tmp_path):
+    from featurize.pipeline import batch_tasks, plan_extractors, prepare_rows
+
+    _tone_wavs(tmp_path / "in", 9)
+    (tmp_path / "in" / "clip04b.wav").write_bytes(b"RIFF\0\0\0\0WAVEjunk" * 64)   # not decodable
+    rows = datasets.build("generic", tmp_path / "in")
+    specs = plan_extractors(["logmel", "mfcc"])
+    tasks = [(r, specs, ["logmel", "mfcc"], None) for r in prepare_rows(rows)[0]]
+    batches = batch_tasks(tasks, workers=1)
+    assert [t for b in batches for t in b] == tasks and max(len(b) for b in batches) == 2
+    bad_batch = next(b for b in batches if any(t[0]["video_id"] == "clip04b" for t in b))
+    assert len(bad_batch) == 2           # it shares its task with a good file
+
+    inline = run_features(rows, tmp_path / "inline", ["logmel", "mfcc"], scheduler="inline", progress=False)
+    s = run_features(rows, tmp_path / "dask", ["logmel", "mfcc"], workers=1, progress=False)
+    assert (s.done, s.failed_total, s.failed_ids) == (18, 2, {"clip04b"})
+    assert (inline.done, inline.failed) == (s.done, s.failed)
+    good = [r for r in rows if r["video_id"] != "clip04b"]
+    assert_same_arrays(tmp_path / "inline", tmp_path / "dask", s.keys, good)
+
+
+def test_video_and_gpu_tasks_stay_one_per_task():
+    from featurize.pipeline import Spec, batch_tasks
+
+    audio = Spec("mfcc", None, "audio", "k", {})
+    frames = Spec("faces", None, "frames", "k", {})
+    tasks = ([({"video_id": f"a{i}"}, [audio], ["mfcc"], None) for i in range(40)]
+             + [({"video_id": f"v{i}"}, [frames, audio], ["faces", "mfcc"], None) for i in range(3)]
+             + [({"video_id": "g"}, [audio], ["mfcc"], {"GPU": 1})])
+    batches = batch_tasks(tasks, workers=2)
+    assert [t for b in batches for t in b] == tasks
+    assert [len(b) for b in batches] == [5] * 8 + [1] * 4       # 40 // (4 tasks x 2 workers) = 5 a batch
+    assert [len(b) for b in batch_tasks(tasks[:7], workers=2)] == [1] * 7   # too few to share
