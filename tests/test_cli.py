@@ -1,6 +1,9 @@
 """The `emocache` console script as a user runs it: separate processes, exit codes, messages."""
+import os
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
