@@ -215,7 +215,8 @@ def test_emodb_study_is_ser_with_its_class_list():
 def test_opensmile_study_is_emodb_plus_the_compare_llds():
     cfg, emodb = C.load("emodb-opensmile"), C.load("emodb")
     a, b = cfg.to_dict(), emodb.to_dict()
-    assert {k for k in a if a[k] != b[k]} == {"name", "description", "features"}
+    assert {k for k in a if a[k] != b[k]} == {"name", "description", "features", "head", "train"}
+    assert cfg.head.args["input_stats"] == ["mean", "std", "p10", "p90"] and cfg.train.epochs == 20
     assert [f.extractor for f in cfg.features["audio"]] == ["logmel", "mfcc", "opensmile"]
     assert cfg.features["audio"][2].params == {"feature_set": "compare", "deltas": True}
     # the general recipe never needs the optional (research-licence) opensmile for its head
