@@ -242,6 +242,7 @@ def _key_state(handle) -> tuple[set, set]:
     from store.reader import ERRORS, read_jsonl
 
     done = handle.done_ids()
+    handle.clear_stale_claims(done)  # a writer killed between its manifest line and its release
     last = {}
     for r in read_jsonl(handle.path / ERRORS):
         if isinstance(r.get("video_id"), str):

@@ -176,6 +176,17 @@ def _break_if_stale(key_path: Path, path: Path, lease: float) -> bool:
         os.close(fd)
 
 
+def clear_stale(key_path, video_ids, lease: float = DEFAULT_LEASE) -> int:
+    """Remove the stale claims of `video_ids` (finished videos): a writer killed between its
+    manifest line and its release leaves a claim that no next writer would ever break, since a
+    finished video is never written again. Live claims stay. Returns how many were removed."""
+    key_path, n = Path(key_path), 0
+    for path in key_path.glob(f"{CLAIM_PREFIX}*"):
+        if claim_owner(path.name) in video_ids and _break_if_stale(key_path, path, lease):
+            n += 1
+    return n
+
+
 def wait_claim(key_path, video_id: str, lease: float = DEFAULT_LEASE, poll: float = 0.5,
                timeout: float | None = None) -> None:
     """Block until nobody live holds `video_id` (released, or its holder gone)."""

@@ -251,6 +251,10 @@ class KeyHandle:
         """Cheap when not done: a manifest line only ever follows the rename into place."""
         return (self.path / video_id).exists() and video_id in self.done_ids()
 
+    def clear_stale_claims(self, done: set[str] | None = None) -> int:
+        """Drop dead writers' claims left on finished videos (see claims.clear_stale)."""
+        return _claims.clear_stale(self.path, self.done_ids() if done is None else done)
+
     def claim(self, video_id: str) -> "_claims.Claim | None":
         """This process's claim on `video_id` (None while another live writer holds it)."""
         _check_name("video id", video_id, self.path)

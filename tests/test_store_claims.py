@@ -190,3 +190,31 @@ def test_repair_retires_exactly_the_damaged_videos_and_deletes_nothing(tmp_path)
     write_video(handle, "b", 100, chunk=16)  # what the next features run does
     assert handle.done_ids() == {"a", "b", "c"} and tree_digest(handle.path / "a") == good_a
     np.testing.assert_array_equal(read_video(tmp_path, EXT, handle.key, "b")[0]["t"], frames(0, 100)["t"])
+
+
+def _commit_and_die(root, vid):
+    """Killed after its manifest line, before its release: the narrowest SIGKILL window."""
+    handle = open_key(root)
+    w = handle.begin_video(vid, chunk_frames=8)
+    w.append(frames(0, 20))
+    w.claim.release = lambda: None  # the process dies here, so the release never happens
+    w.commit()
+    os._exit(9)
+
+
+def test_a_claim_left_on_a_finished_video_is_cleared_and_live_ones_stay(tmp_path):
+    ctx = mp.get_context("spawn")
+    child = ctx.Process(target=_commit_and_die, args=(str(tmp_path), "v"))
+    child.start()
+    child.join(60)
+    handle = open_key(tmp_path)
+    assert handle.is_done("v") and (handle.path / f"{CLAIM_PREFIX}v").exists()
+    write_video(handle, "w", 5)
+    live = handle.claim("w")  # this process is alive: its claim on a finished video stays
+    try:
+        assert handle.clear_stale_claims() == 1
+        assert not (handle.path / f"{CLAIM_PREFIX}v").exists()
+        assert (handle.path / f"{CLAIM_PREFIX}w").exists()
+    finally:
+        live.release()
+    assert read_video(tmp_path, EXT, handle.key, "v")[0]["data"].shape == (20, 4)
