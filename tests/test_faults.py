@@ -90,7 +90,7 @@ def assert_same_as(reference, store, n_videos) -> tuple[int, int]:
 # --- SIGKILL of the whole process group, timed to land during writes ----------------------
 
 def test_sigkill_during_writes_loses_nothing(corpus, reference, tmp_path):
-    """Each kill waits for a temp folder (a write in progress), then a random 0-40 ms more,
+    """Each kill waits for a temp folder (a write in progress), then a random 0-8 ms more,
     so kills land in chunk writes, renames and manifest appends, never in start-up."""
     want = int(os.environ.get("EMOCACHE_KILLS", "5"))
     rng = random.Random(int(os.environ.get("EMOCACHE_KILL_SEED", "7")))
@@ -111,7 +111,7 @@ def test_sigkill_during_writes_loses_nothing(corpus, reference, tmp_path):
                 out, err = p.communicate()
                 assert p.returncode == 0, err
                 break  # this store is complete
-            time.sleep(rng.uniform(0, 0.04))
+            time.sleep(rng.uniform(0, 0.008))  # a store write lasts ~20-25 ms since 6eddcec
             mid_write = bool({t.name for t in temps(store)} - before)
             os.killpg(p.pid, signal.SIGKILL)
             p.communicate()
