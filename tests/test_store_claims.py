@@ -62,11 +62,16 @@ def _claim_and_die(root, vid):
     os._exit(9)  # SIGKILL-like: no cleanup, the claim file and temp folder stay
 
 
-def test_a_dead_writers_claim_expires_and_its_leftovers_are_cleared(tmp_path):
-    ctx = mp.get_context("spawn")
-    child = ctx.Process(target=_claim_and_die, args=(str(tmp_path), "v"))
+def _die_in_child(target, root, vid):
+    """Run a writer that dies (os._exit) in its own process; the child, after it exited."""
+    child = mp.get_context("spawn").Process(target=target, args=(str(root), vid))
     child.start()
     child.join(60)
+    return child
+
+
+def test_a_dead_writers_claim_expires_and_its_leftovers_are_cleared(tmp_path):
+    child = _die_in_child(_claim_and_die, tmp_path, "v")
     handle = open_key(tmp_path)
     info = json.loads((handle.path / f"{CLAIM_PREFIX}v").read_text())
     assert info["pid"] == child.pid and info["host"] == socket.gethostname()
@@ -203,10 +208,7 @@ def _commit_and_die(root, vid):
 
 
 def test_a_claim_left_on_a_finished_video_is_cleared_and_live_ones_stay(tmp_path):
-    ctx = mp.get_context("spawn")
-    child = ctx.Process(target=_commit_and_die, args=(str(tmp_path), "v"))
-    child.start()
-    child.join(60)
+    _die_in_child(_commit_and_die, tmp_path, "v")
     handle = open_key(tmp_path)
     assert handle.is_done("v") and (handle.path / f"{CLAIM_PREFIX}v").exists()
     write_video(handle, "w", 5)
