@@ -6,15 +6,12 @@ nothing visible, and a re-run cleans up and rewrites.
 """
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import errno
 import fcntl
 import json
 import os
 import re
 import shutil
-import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -131,33 +128,56 @@ def _check_name(kind: str, name: str, where) -> None:
                          fix="pass it through store.sanitize_id and keep the original as original_id")
 
 
-class _Inline(concurrent.futures.ThreadPoolExecutor):
-    """Runs what zarr hands to a thread (its zstd encoding) right away, on this thread."""
-
-    def submit(self, fn, /, *args, **kwargs):
-        fut = concurrent.futures.Future()
-        try:
-            fut.set_result(fn(*args, **kwargs))
-        except BaseException as e:  # noqa: BLE001  (delivered to the awaiting coroutine)
-            fut.set_exception(e)
-        return fut
+_TEMPLATES: dict = {}
 
 
-_LOOPS = threading.local()
+def _array_template(dtype: np.dtype, trailing: tuple, chunk: int) -> tuple[dict, tuple, object, str]:
+    """(zarr's own metadata dict, fill value, chunk encoder, byte order) of an array kind, made
+    by zarr once per process and kind (dtype, trailing shape, chunk length).
+
+    Why not zarr per video: building a group and its arrays through zarr's async API (even on
+    an in-memory store, on a private event loop, its encoding inline) cost ~11 ms of CPU per
+    key and video, 100 ms of a 220 ms file at load 5 (bench_clips profile_inline, 100 speech
+    clips, logmel+mfcc: VideoWriter._store 99.9 ms/file), for files whose bytes are the same
+    every time but for the shape. Here zarr makes the metadata of each kind of array once;
+    per video only `shape` changes (the dict is dumped the way zarr dumps it), and each chunk
+    is encoded with the codecs that metadata names (bytes + zstd, zarr's v3 default), padded
+    to the whole chunk with the fill value as zarr does. tests/test_store_writer.py checks the
+    files are byte for byte what zarr itself writes."""
+    sig = (dtype.str, tuple(trailing), int(chunk))
+    hit = _TEMPLATES.get(sig)
+    if hit is not None:
+        return hit
+    from numcodecs import Zstd
+    from zarr.storage import MemoryStore
+
+    arr = zarr.create_array(store=MemoryStore({}), shape=(0,) + tuple(trailing), chunks=(int(chunk),) + tuple(trailing),
+                            dtype=dtype, config={"write_empty_chunks": True}, zarr_format=3)
+    meta = arr.metadata.to_dict()
+    codecs = [c if isinstance(c, dict) else c.to_dict() for c in meta["codecs"]]
+    names = [c["name"] for c in codecs]
+    if names != ["bytes", "zstd"]:
+        raise RuntimeError(f"zarr's default codecs changed to {names}: store/writer.py encodes bytes + zstd only")
+    order = "<" if (codecs[0].get("configuration") or {}).get("endian", "little") == "little" else ">"
+    zc = codecs[1]["configuration"]
+    fill = np.asarray(arr.metadata.fill_value, dtype=dtype)
+    hit = _TEMPLATES[sig] = (meta, fill, Zstd(level=zc["level"], checksum=zc["checksum"]), order)
+    return hit
 
 
-def _local_loop() -> asyncio.AbstractEventLoop:
-    """This thread's own event loop for zarr's in-memory encoding (VideoWriter._store).
+def _zarr_json(doc: dict) -> bytes:
+    """A zarr.json as zarr writes it (zarr's json_indent 2, NaN allowed)."""
+    return json.dumps(doc, indent=2, allow_nan=True).encode()
 
-    Why not zarr's own loop: every call there wakes zarr's I/O thread and waits for it, and
-    each chunk's zstd encoding is handed to yet another thread; on this loaded 2-core
-    machine those hand-overs, not the work, were most of the ~40 ms a write took. A
-    MemoryStore does no I/O, so its coroutines run here, the encoding inline."""
-    loop = getattr(_LOOPS, "loop", None)
-    if loop is None or loop.is_closed():
-        loop = _LOOPS.loop = asyncio.new_event_loop()
-        loop.set_default_executor(_Inline(max_workers=1))
-    return loop
+
+def _write_file(target: Path, data: bytes) -> None:
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 class VideoBusy(Exception):
@@ -322,14 +342,9 @@ class VideoWriter:
         self.claim = claim
         self.original_id = original_id if original_id is not None else video_id
         self.attrs: dict = {"original_id": self.original_id}
-        temp.mkdir()            # the group's metadata comes with its first write (see _store)
-        from zarr.storage import MemoryStore
-
-        self._mem: dict = {}    # zarr's encoded files of the current write (see _store)
-        self._mem_store = MemoryStore(self._mem)
-        self._meta_written: dict[str, bytes] = {}
-        self._group = None
-        self._arrays: dict[str, zarr.AsyncArray | None] = {}
+        temp.mkdir()            # zarr metadata is written once, at commit (final shapes, attrs)
+        self._kinds: dict[str, tuple] = {}   # array -> _array_template(...)
+        self._dirs: set[Path] = set()
         self._buffers: dict[str, np.ndarray] = {}
         self._fill = 0          # frames waiting in the buffers
         self._written = 0       # frames already on disk
@@ -357,82 +372,66 @@ class VideoWriter:
             _check_name("array name", name, self.temp)
             if arr.ndim < 1:
                 raise ValueError(f"array {name!r} needs a time axis (got a scalar)")
+            if arr.dtype.kind not in "biufc":
+                raise ValueError(f"array {name!r}: dtype {arr.dtype} is not a fixed-size number or bool")
             trailing = arr.shape[1:]
-            self._arrays[name] = None   # created at the first write, with that write's length
-            self._buffers[name] = np.empty((self.chunk,) + trailing, dtype=arr.dtype)
+            dtype = arr.dtype.newbyteorder("=")
+            self._kinds[name] = _array_template(dtype, trailing, self.chunk)
+            self._buffers[name] = np.empty((self.chunk,) + trailing, dtype=dtype)
 
-    def _store(self, slabs: dict[str, np.ndarray] | None, lo: int, hi: int,
-               attrs: dict | None = None) -> None:
-        """One write: zarr encodes it in memory, then its files go into the temp folder.
+    def _store(self, slabs: dict[str, np.ndarray], lo: int, hi: int) -> None:
+        """Frames [lo, hi) of every array (lo on a chunk boundary) as zarr chunk files.
 
-        Why: each synchronous zarr call on a LocalStore is a round trip to zarr's I/O thread
-        plus a thread-pool hop per file, ~5-7 ms a call on this loaded 2-core machine; a 3 s
-        speech clip made 13 such calls per key (group, 3 arrays, 3 chunks, one group-metadata
-        rewrite per attribute): 147 ms wall / 38 ms CPU per key and video, the bulk of the
-        store's cost per file. Here zarr itself builds the group (with its attributes when a
-        clip arrives whole at commit), the arrays (at their final length when first written:
-        no resize) and the encoded chunks in one call on a MemoryStore, and the resulting
-        files (the very bytes zarr would write) are written with plain os calls: 15 ms wall /
-        6 ms CPU per key and video (benchmarks/bench_clips.py, profile_inline). Only metadata
-        that changed is rewritten, and chunk bytes leave memory once on disk, so memory stays
-        at one chunk per array. Atomicity is unchanged: all of it lands in the temp folder,
-        renamed into place only after the last write."""
-        from zarr.api.asynchronous import create_group
+        Each chunk is encoded with its array's codecs and written with plain os calls into the
+        temp folder, whole chunks padded with the fill value as zarr pads them; the metadata
+        (group with attrs, arrays at their final length) follows once, at commit. Before:
+        zarr calls per write, ~5-7 ms each on a LocalStore, then one in-memory zarr write per
+        write (see _array_template); now a 3 s clip costs its 3 chunk files and 4 zarr.json
+        per key. Atomicity is unchanged: all of it lands in the temp folder, renamed into
+        place only after the last write."""
+        if hi <= lo:
+            return
+        for name, slab in slabs.items():
+            meta, fill, codec, order = self._kinds[name]
+            buf = self._buffers[name]
+            dt = buf.dtype.newbyteorder(order)
+            sep = meta["chunk_key_encoding"]["configuration"].get("separator", "/")
+            for c0 in range(lo, hi, self.chunk):
+                part = np.asarray(slab[c0 - lo:min(hi, c0 + self.chunk) - lo], dtype=dt)
+                if len(part) < self.chunk:      # the last chunk: zarr stores it whole, padded
+                    whole = np.empty((self.chunk,) + buf.shape[1:], dtype=dt)
+                    whole[:len(part)] = part
+                    whole[len(part):] = fill
+                    part = whole
+                key = sep.join(["c", str(c0 // self.chunk)] + ["0"] * (buf.ndim - 1))
+                target = self.temp / name / key
+                if target.parent not in self._dirs:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    self._dirs.add(target.parent)
+                _write_file(target, codec.encode(np.ascontiguousarray(part)))
 
-        async def write():
-            if self._group is None:
-                self._group = await create_group(store=self._mem_store, attributes=attrs or {}, zarr_format=3)
-            elif attrs is not None:
-                await self._group.update_attributes(attrs)
+    def _store_metadata(self, attrs: dict) -> None:
+        """The group's zarr.json (with the attrs) and each array's, at its final length."""
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.group import GroupMetadata
 
-            async def one(name):
-                arr = self._arrays[name]
-                buf = self._buffers[name]
-                if arr is None:
-                    arr = self._arrays[name] = await self._group.create_array(
-                        name, shape=(hi,) + buf.shape[1:], chunks=(self.chunk,) + buf.shape[1:],
-                        dtype=buf.dtype, config={"write_empty_chunks": True})  # a missing chunk file = damage
-                elif arr.shape[0] != hi:
-                    await arr.resize((hi,) + arr.shape[1:])
-                if slabs is not None and hi > lo:
-                    await arr.setitem(slice(lo, hi), slabs[name])
-
-            await asyncio.gather(*(one(n) for n in self._arrays))
-
-        _local_loop().run_until_complete(write())
-        self._persist()
-
-    def _persist(self) -> None:
-        """The MemoryStore's new files into the temp folder (chunks dropped from memory after)."""
-        for key, buf in list(self._mem.items()):
-            data = buf.to_bytes()
-            meta = key.rsplit("/", 1)[-1] == "zarr.json"
-            if meta and self._meta_written.get(key) == data:
-                continue
-            target = self.temp / key
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
-            if meta:
-                self._meta_written[key] = data
-            else:
-                del self._mem[key]   # zarr never reads a whole chunk back: writes are chunk-aligned
+        for name, (meta, _fill, _codec, _order) in self._kinds.items():
+            (self.temp / name).mkdir(exist_ok=True)
+            shape = [self.frames, *self._buffers[name].shape[1:]]
+            _write_file(self.temp / name / "zarr.json", _zarr_json({**meta, "shape": shape}))
+        group = GroupMetadata(attributes=attrs, zarr_format=3).to_buffer_dict(default_buffer_prototype())
+        _write_file(self.temp / "zarr.json", group["zarr.json"].to_bytes())
 
     def _coerce(self, arrays: dict) -> tuple[dict[str, np.ndarray], int]:
         if not arrays:
             raise ValueError("append() needs at least one array")
         arrays = {n: np.asarray(a) for n, a in arrays.items()}
-        if self._arrays and set(arrays) != set(self._arrays):
-            raise ValueError(f"append() got arrays {sorted(arrays)}, the first append had {sorted(self._arrays)}")
+        if self._kinds and set(arrays) != set(self._kinds):
+            raise ValueError(f"append() got arrays {sorted(arrays)}, the first append had {sorted(self._kinds)}")
         lengths = {n: (a.shape[0] if a.ndim else None) for n, a in arrays.items()}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"arrays differ in length along time: {lengths}")
-        if not self._arrays:
+        if not self._kinds:
             self._create(arrays)
         out = {}
         for name, arr in arrays.items():
@@ -488,14 +487,12 @@ class VideoWriter:
     def commit(self, manifest: dict | None = None) -> dict:
         """Flush, attrs, rename into place, then the manifest line: the line is what makes it done."""
         self._check_open()
-        if not self._arrays:
+        if not self._kinds:
             raise ValueError(f"nothing was appended for video {self.video_id!r}: append at least once "
                              "(zero frames is fine) so the store knows each array's dtype and shape")
         line = self._manifest_line(manifest)
-        n, self._fill = self._fill, 0    # the last (or only) chunk, the attrs and any array still
-        lo = self._written               # uncreated (zero frames appended) in one write
-        self._store({k: b[:n] for k, b in self._buffers.items()}, lo, lo + n, to_jsonable(self.attrs))
-        self._written = lo + n
+        self._flush()                    # the last (or only) chunk
+        self._store_metadata(to_jsonable(self.attrs))
         final = self.handle.path / self.video_id
         if not self.claim.still_ours():  # our claim was broken (a lease ran out): not ours to finish
             self.abort()

@@ -71,6 +71,36 @@ def test_streamed_video_reads_back_exactly_with_time_chunks(tmp_path):
     assert os.listdir(handle.path / "v1" / "data" / "c" / "0") == ["0"]
 
 
+def test_files_are_byte_for_byte_what_zarr_itself_writes(tmp_path):
+    """The writer encodes chunks and metadata itself (no zarr call per video): every file must
+    be the very bytes zarr writes for the same arrays, so any zarr reader sees a zarr group."""
+    import zarr
+
+    rng = np.random.default_rng(0)
+    n, chunk = 150, 64           # two whole chunks and a padded tail
+    arrays = {"data": rng.normal(size=(n, 5)).astype(np.float16), "mask": rng.random(n) > 0.3,
+              "t": np.arange(n) / 25.0, "crops": rng.integers(0, 255, (n, 4, 4, 3), dtype=np.uint8),
+              "frame": np.arange(n, dtype=np.int64)}
+    attrs = {"original_id": "v", "fps": 25.0, "nested": {"a": [1, 2]}}
+    handle = open_key(tmp_path / "ours")
+    with handle.begin_video("v", chunk_frames=chunk) as w:
+        for lo in (0, 10, 70, 128, 140):
+            hi = {0: 10, 10: 70, 70: 128, 128: 140, 140: n}[lo]
+            w.append({k: a[lo:hi] for k, a in arrays.items()})
+        w.attrs.update({k: v for k, v in attrs.items() if k != "original_id"})
+        w.commit()
+    g = zarr.create_group(store=str(tmp_path / "zarr"), zarr_format=3, attributes=attrs)
+    for name, a in arrays.items():
+        z = g.create_array(name, shape=a.shape, chunks=(chunk,) + a.shape[1:], dtype=a.dtype,
+                           config={"write_empty_chunks": True})
+        z[:] = a
+    assert tree_digest(handle.path / "v") == tree_digest(tmp_path / "zarr")
+    back = zarr.open_group(str(handle.path / "v"), mode="r")
+    assert dict(back.attrs) == attrs
+    for name, a in arrays.items():
+        np.testing.assert_array_equal(back[name][:], a)
+
+
 def test_memory_stays_bounded_by_one_chunk_not_the_video(tmp_path):
     handle = open_key(tmp_path)
     crop = np.full((100, 32, 32, 3), 7, dtype=np.uint8)  # 100 frames of 32x32 RGB = 300 KiB
