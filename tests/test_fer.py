@@ -93,3 +93,18 @@ def test_folded_batchnorm_gives_the_same_predictions(shared_data, fer_weights):
     assert np.abs(l1 - l0).max() < 1e-4 and np.abs(f1 - f0).max() < 1e-4
     assert (l1.argmax(1) == l0.argmax(1)).all()
     assert (l1.argmax(1) == y).mean() == (l0.argmax(1) == y).mean()
+
+
+def test_frozen_graph_gives_the_eager_models_numbers(shared_data, fer_weights):
+    """predict runs the traced/frozen TorchScript graph; the eager nn.Module is the reference."""
+    import torch
+
+    grey, _ = _fer2013(shared_data)
+    x = fermod.preprocess(_as_crops(grey[::5]))   # 140 faces, every class
+    ext = fermod.Fer(fermod.FerConfig(weights=str(fer_weights), batch=37))   # ragged last batch
+    assert ext._run is not ext.model
+    with torch.inference_mode():
+        f0, l0 = (t.numpy() for t in ext.model(torch.from_numpy(x).contiguous(memory_format=torch.channels_last)))
+    f1, l1 = ext.predict(x)
+    assert np.abs(l1 - l0).max() < 1e-4 and np.abs(f1 - f0).max() < 1e-4
+    assert (l1.argmax(1) == l0.argmax(1)).all()
