@@ -16,20 +16,26 @@ own crops under the same key. The choice is recorded in the video's attrs (`pers
 `smooth` > 0 blends the box with the previous one (an exponential moving average, causal,
 only while the track continues).
 
-Keyframes (`every` = k > 1): the detector runs on every k-th frame of each decoded batch and
-on the batch's last frame; the frames between two keyframes get the box linearly
-interpolated between theirs -- when the two keyframes agree: both continue one track (no
-restart between them), their boxes overlap by at least `redetect_iou`, and both scores are
-at least `redetect_score`. When they do not agree (the face appears, leaves, jumps, or the
-detector is unsure), every frame between them is detected, exactly as with k = 1. Two
+Keyframes (`every` = k > 1): the detector runs on every k-th frame and on each decoded
+batch's last frame (which is also the next batch's first keyframe, so a batch boundary costs
+no extra detection); the frames between two keyframes get the box linearly interpolated
+between theirs -- when the two keyframes agree: both continue one track (no restart between
+them), their boxes overlap by at least `redetect_iou`, and both scores are at least
+`redetect_score`. When they do not agree (the face appears, leaves, jumps, or the detector
+is unsure), the span is halved: its middle frame is detected and each half is judged the
+same way, down to single frames, where every frame is detected exactly as with k = 1 (a
+frame's detections are kept, so stepping it again costs no second detection). Two
 keyframes without a face leave the frames between them without one. Why: the detector is
 ~45 % of the per-frame CPU of decode+faces+fer on 640x360 H.264 (mediapipe's graph costs
-~2-3 ms per call whatever the frame size: handing it a 320x180 or 256x144 frame saved
-nothing here), and a face in video moves a few pixels per frame. Measured on the 8 real
+~4.6-5.3 ms CPU per call, 1 ms of it in the calling thread and the rest in its two graph
+threads, whatever the frame size: handing it a 320x180 or 256x144 frame saved nothing here;
+load average 7), and a face in video moves a few pixels per frame. Measured on the 8 real
 face videos in shared data (2,037 frames), k = 5 / redetect_iou 0.7 against k = 1: face
 rate identical on every video (0.000-1.000), box edges within 0.5-1.3 px on average (p99
-2.7-8.8 px, i.e. about the detector's own frame-to-frame jitter), 28 % of the frames
-detected, faces CPU per frame 5.5-6.0 -> 1.2-3.8 ms (load average ~10). k = 1 is the
+2.3-8.7 px, i.e. about the detector's own frame-to-frame jitter), 25.4 % of the frames
+detected (28.1 % before the halving and the shared batch boundary; the busy, cut-heavy
+short_hamilton_clip 63 -> 52 %, the steady close-ups 22 -> 21 %). k = 8 / 10 detect
+18.6 / 17.1 % but the hamilton clip's p99 grows to 12.4 / 10.6 px, so 5 stays. k = 1 is the
 per-frame detector (`--set faces.every=1`). `multi_face_frames` counts detected frames.
 
 Crop: a square around the box centre with side max(w, h) * (1 + 2 * margin) (margin = the
@@ -176,7 +182,7 @@ class FacesConfig:
 @register
 class Faces(Extractor):
     name = "faces"
-    version = "1"
+    version = "2"           # 2: keyframe spans halved, batch boundaries shared (same params, other boxes)
     Config = FacesConfig
     input = "frames"
     libraries = ("mediapipe", "opencv-contrib-python", "av")
@@ -207,6 +213,7 @@ class Faces(Extractor):
         self._restarts = 0
         self._multi = 0
         self._detected = 0
+        self._carry = None     # (frame shape, result) of the previous batch's last frame
 
     def detect(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """All detections of one RGB frame: boxes [K,4] in pixels, scores [K]."""
@@ -225,11 +232,10 @@ class Faces(Extractor):
         ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & (scores >= self.config.min_confidence)
         return boxes[ok], scores[ok]
 
-    def _step(self, frame: np.ndarray, width: int):
-        """Detect one frame and continue (or restart) the track: (box, score) or None."""
+    def _step(self, dets: tuple[np.ndarray, np.ndarray], width: int):
+        """Continue (or restart) the track with one frame's detections: (box, score) or None."""
         c = self.config
-        boxes, scores = self.detect(frame)
-        self._detected += 1
+        boxes, scores = dets
         if len(boxes) == 0:
             self._last = None
             return None
@@ -256,37 +262,56 @@ class Faces(Extractor):
 
     def track(self, frames: np.ndarray) -> list:
         """(box, score) or None per frame: keyframes detected, the frames between interpolated
-        or, where the keyframes disagree, detected one by one."""
+        where two keyframes agree, bisected where they do not (module docstring). The last
+        frame of a batch is the first keyframe of the next one (same frame size)."""
         n, width, k = len(frames), frames.shape[2], self.config.every
         res: list = [None] * n
         if n == 0:
             return res
+        dets: dict[int, tuple] = {}    # the detector's output per frame: stepping a frame again is free
+
+        def step(i):
+            if i not in dets:
+                dets[i] = self.detect(frames[i])
+                self._detected += 1
+            return self._step(dets[i], width)
+
         if k == 1:
             for i in range(n):
-                res[i] = self._step(frames[i], width)
+                res[i] = step(i)
             return res
-        keys = list(range(0, n, k))
-        if keys[-1] != n - 1:
+        if self._carry is not None and self._carry[0] == frames.shape[1:]:
+            a, ra = -1, self._carry[1]         # the previous batch's last frame, at index -1
+        else:
+            a, ra = 0, step(0)
+            res[0] = ra
+        keys = list(range(a + k, n, k))
+        if not keys or keys[-1] != n - 1:
             keys.append(n - 1)
-        a = keys[0]
-        res[a] = self._step(frames[a], width)
-        for b in keys[1:]:
-            saved = (self._last, self._restarts, self._multi)
-            rb = self._step(frames[b], width)
-            if b - a > 1 and not self._agree(res[a], rb, self._restarts != saved[1]):
-                self._last, self._restarts, self._multi = saved
-                self._detected -= 1     # b is detected again, in order
-                for i in range(a + 1, b + 1):
-                    res[i] = self._step(frames[i], width)
-            else:
-                res[b] = rb
-                if res[a] is not None and rb is not None:
-                    (ba, sa), (bb, sb) = res[a], rb
-                    for i in range(a + 1, b):
-                        w = (i - a) / (b - a)
-                        res[i] = (((1.0 - w) * ba + w * bb).astype(np.float32), (1.0 - w) * sa + w * sb)
-            a = b
+        for b in keys:
+            if b > a:
+                ra = self._span(a, b, ra, res, step)
+                a = b
+        self._carry = (frames.shape[1:], res[n - 1])
         return res
+
+    def _span(self, a: int, b: int, ra, res: list, step):
+        """Fill res[a+1..b] given frame a's result `ra` (the track state is after a): b's
+        detection is interpolated to when a and b agree, else the span is halved at its
+        midpoint and each half done the same way (down to single frames, i.e. k = 1)."""
+        saved = (self._last, self._restarts, self._multi)
+        rb = step(b)
+        if b - a == 1 or self._agree(ra, rb, self._restarts != saved[1]):
+            res[b] = rb
+            if ra is not None and rb is not None:
+                (ba, sa), (bb, sb) = ra, rb
+                for i in range(max(a + 1, 0), b):
+                    w = (i - a) / (b - a)
+                    res[i] = (((1.0 - w) * ba + w * bb).astype(np.float32), (1.0 - w) * sa + w * sb)
+            return rb
+        self._last, self._restarts, self._multi = saved
+        m = (a + b) // 2
+        return self._span(m, b, self._span(a, m, ra, res, step), res, step)
 
     def process(self, frames: np.ndarray, ctx: dict) -> dict[str, np.ndarray]:
         c = self.config
