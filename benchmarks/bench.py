@@ -26,7 +26,7 @@ import bench_train  # noqa: E402
 
 PARTS = {"features": bench_features, "clips": bench_clips, "train": bench_train, "memory": bench_memory}
 QUICK = {"demo_n": 4, "demo_seconds": 10.0, "video_clips": 40, "videos": 16, "frames": 2000,
-         "head_videos": 12, "scale_div": 100, "minutes": "1,10"}
+         "head_steps": 4, "rounds": 3, "scale_div": 100, "minutes": "1,10"}
 
 
 def main(argv=None) -> int:

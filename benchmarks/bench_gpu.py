@@ -98,7 +98,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=bench_train.AFFWILD2_FRAMES)
-    p.add_argument("--head-videos", type=int, default=64)
+    p.add_argument("--head-steps", type=int, default=16)
     p.add_argument("--videos", type=int, default=40)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a, _ = p.parse_known_args(argv)
@@ -108,8 +108,8 @@ def main(argv=None) -> int:
     dev = torch.device("cuda")
     res = Results("gpu")
     parts = {
-        "heads": lambda: {s: bench_train.head_rates(s, dev, a.head_videos, amp=True) for s in bench_train.STUDIES},
-        "windows": lambda: bench_train.windows_section(argparse.Namespace(videos=a.videos, frames=3000)),
+        "heads": lambda: {s: bench_train.head_rates(s, dev, a.head_steps, amp=True) for s in bench_train.STUDIES},
+        "windows": lambda: bench_train.windows_section(argparse.Namespace(videos=a.videos, frames=3000, rounds=3, burst=1.0)),
         "abaw2_full": lambda: abaw2_full(dev, a.frames),
         "backbone": lambda: backbone(dev),
     }

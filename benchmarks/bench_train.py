@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import isolated, peak_rss_mb, script_main  # noqa: E402
+from common import isolated, peak_rss_mb, peak_rss_since_mb, reset_peak_rss, rss_now_mb, script_main  # noqa: E402
 
 AFFWILD2_FRAMES = 2_800_000
 DIMS = {"backbone": 512, "logmel": 64, "mfcc": 39, "mesh": 1404, "fer": 128}
@@ -55,32 +55,60 @@ def write_store(root: Path, videos: int, frames: int, dims: dict[str, int]) -> d
     return keys
 
 
-def bench_zarr_windows(root, name, key, videos, frames, seconds=5.0) -> float:
-    import zarr
-
-    rng = np.random.default_rng(1)
-    groups = [zarr.open_group(str(Path(root) / "features" / f"bench_{name}" / key / f"v{v:04d}"), mode="r")
-              for v in range(videos)]
-    done, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        g = groups[rng.integers(videos)]
-        s = int(rng.integers(0, frames - 300))
-        _ = g["data"][s:s + 300], g["mask"][s:s + 300]
-        done += 1
-    return done / (time.perf_counter() - t0)
-
-
-def bench_reference_loader(tmp: Path, arrays: list[np.ndarray], lengths, batch=8, seconds=5.0) -> float:
-    """np.load(mmap_mode='c')[s:s+300] per window per modality, batched by a DataLoader."""
+def corpus_from_store(cfg, cs: dict, rng=None):
+    """The trainer's Corpus from `read_concat` results, built as experiments.data.load_corpus
+    does (float16 from the store -> float32 tensors, one per modality of `cfg`, random labels)."""
     import torch
 
+    from experiments.data import Corpus, Modality
+
+    rng = rng or np.random.default_rng(0)
+    first = next(iter(cs.values()))
+    offsets = first.offsets.astype(np.int64)
+    n = int(offsets[-1])
+    mods = {}
+    for (name, _specs), c in zip(cfg.features.items(), cs.values()):
+        x = torch.from_numpy(c.arrays["data"].reshape(n, -1).astype(np.float32))
+        mods[name] = Modality(name, x, torch.from_numpy(c.arrays["mask"].astype(bool)), [x.shape[1]])
+    ids = list(first.video_ids)
+    return Corpus(rows=[{"video_id": v, "labels": {}, "split": "train"} for v in ids], video_ids=ids,
+                  offsets=offsets, frame_index=np.concatenate([np.arange(k) for k in np.diff(offsets)]),
+                  times=np.zeros(n), modalities=mods, label_names=list(cfg.labels.targets),
+                  labels=torch.as_tensor(rng.uniform(-1, 1, (n, len(cfg.labels.targets))).astype(np.float32)),
+                  features=[])
+
+
+def _interleaved(methods: dict, rounds: int, burst: float) -> dict:
+    """Windows/s of each method, run in turns of `burst` wall seconds for `rounds` rounds, so a
+    neighbour's load hits every method alike: per method the wall rate and the CPU-time rate
+    (this process only; every method here runs in this process)."""
+    tot = {k: [0, 0.0, 0.0] for k in methods}
+    for _ in range(rounds):
+        for name, fn in methods.items():
+            w0, c0, done = time.perf_counter(), time.process_time(), 0
+            while time.perf_counter() - w0 < burst:
+                done += fn()
+            tot[name][0] += done
+            tot[name][1] += time.perf_counter() - w0
+            tot[name][2] += time.process_time() - c0
+    return {k: {"windows": d, "per_s_wall": round(d / w, 1), "per_s_cpu": round(d / max(c, 1e-9), 1)}
+            for k, (d, w, c) in tot.items()}
+
+
+def reference_loader(tmp: Path, arrays: list[np.ndarray], offsets, batch: int = 8):
+    """The ABAW2 code's way: one .npy per video per modality, each window read as
+    np.load(mmap_mode='c')[s:s+300].astype(float32) in a Dataset, batched by a DataLoader with
+    the default num_workers=0 (its experiment builds the loader so) and shuffled windows.
+    Lighter than the reference: no label file and no Normalize transform per window."""
+    import torch
+
+    lengths = np.diff(offsets)
     paths = []
     for m, x in enumerate(arrays):
-        off = np.r_[0, np.cumsum(lengths)]
         ps = []
         for v in range(len(lengths)):
             p = tmp / f"ref_m{m}_v{v}.npy"
-            np.save(p, x[off[v]:off[v + 1]])
+            np.save(p, x[offsets[v]:offsets[v + 1]])
             ps.append(p)
         paths.append(ps)
     starts = [(v, s) for v, n in enumerate(lengths) for s in range(0, max(int(n) - 300, 1), 200)]
@@ -94,66 +122,83 @@ def bench_reference_loader(tmp: Path, arrays: list[np.ndarray], lengths, batch=8
             return [torch.from_numpy(np.load(ps[v], mmap_mode="c")[s:s + 300].astype(np.float32)) for ps in paths]
 
     dl = torch.utils.data.DataLoader(Windows(), batch_size=batch, shuffle=True, num_workers=0)
-    done, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for b in dl:
-            done += len(b[0])
-            if time.perf_counter() - t0 >= seconds:
-                break
-    return done / (time.perf_counter() - t0)
+    it = iter(dl)
 
-
-def bench_gather(xs, offsets, batch=8, seconds=5.0) -> float:
-    import torch
-
-    from experiments.windows import gather, index_tensor, window_table
-
-    table = window_table(np.diff(offsets), 300, 200)
-    rng = np.random.default_rng(2)
-    done, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        pick = table.subset(rng.integers(0, len(table), size=batch))
-        idx, valid = index_tensor(pick, offsets, 300, device=xs[0].device)
-        _ = [gather(x, idx, valid) for x in xs]
-        done += batch
-    if xs[0].device.type == "cuda":
-        torch.cuda.synchronize()
-    return done / (time.perf_counter() - t0)
+    def step() -> int:
+        nonlocal it
+        try:
+            b = next(it)
+        except StopIteration:
+            it = iter(dl)
+            b = next(it)
+        return len(b[0])
+    return step
 
 
 def windows_section(a) -> dict:
     import torch
 
+    from experiments import config, tasks
     from store import read_concat
 
+    import zarr
+
     dims = {"backbone": 512, "logmel": 64, "mfcc": 39}
-    res = {"about": f"{a.videos} videos x {a.frames} frames, 300-frame windows, batch 8; modalities "
-                    f"{dims} float16 on disk", "windows_per_s": {}}
+    batch = 8
+    res = {"about": f"{a.videos} videos x {a.frames} frames, 300-frame windows (hop 200), batch {batch} (abaw2's); "
+                    f"modalities {dims} float16 on disk; methods run in turns ({a.rounds} rounds of {a.burst} s "
+                    "each) so load hits all alike; the trainer's path is experiments.tasks FrameTask.batch "
+                    "(features + labels + masks) on the float32 corpus load_corpus builds; the reference: "
+                    "np.load(mmap_mode='c')[s:s+300] per window per modality, DataLoader num_workers=0 as the "
+                    "ABAW2 code", "windows_per_s": {}}
+    cfg = config.load("abaw2", [f"train.batch_size={batch}"])
+    rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         t0 = time.perf_counter()
         keys = write_store(Path(tmp), a.videos, a.frames, dims)
         res["write_s"] = round(time.perf_counter() - t0, 2)
-        w = res["windows_per_s"]
-        w["zarr_per_window_visual_only"] = round(bench_zarr_windows(tmp, "backbone", keys["backbone"],
-                                                                    a.videos, a.frames), 1)
         ids = [f"v{v:04d}" for v in range(a.videos)]
         t0 = time.perf_counter()
         cs = {n: read_concat(tmp, f"bench_{n}", k, ids) for n, k in keys.items()}
         res["read_concat_s"] = round(time.perf_counter() - t0, 2)
         nbytes = sum(c.arrays["data"].nbytes for c in cs.values())
         res["read_concat_mb_per_s"] = round(nbytes / 1e6 / res["read_concat_s"], 1)
+        groups = [zarr.open_group(str(Path(tmp) / "features" / "bench_backbone" / keys["backbone"] / v), mode="r")
+                  for v in ids]
+
+        def zarr_window() -> int:
+            g = groups[rng.integers(len(groups))]
+            s = int(rng.integers(0, a.frames - 300))
+            _ = g["data"][s:s + 300], g["mask"][s:s + 300]
+            return 1
+
         offsets = cs["backbone"].offsets
-        arrays = [c.arrays["data"] for c in cs.values()]
-        w["reference_mmap_dataloader_3_modalities"] = round(
-            bench_reference_loader(Path(tmp), arrays, np.diff(offsets)), 1)
-    xs = [torch.as_tensor(x.astype(np.float32)) for x in arrays]
-    w["trainer_gather_cpu_3_modalities"] = round(bench_gather(xs, offsets), 1)
-    if torch.cuda.is_available():
-        w["trainer_gather_cuda_3_modalities"] = round(bench_gather([x.cuda() for x in xs], offsets), 1)
-    res["ratio_gather_vs_reference_loader (target >= 20)"] = round(
-        w["trainer_gather_cpu_3_modalities"] / w["reference_mmap_dataloader_3_modalities"], 1)
-    res["ratio_gather_vs_zarr_per_window"] = round(
-        w["trainer_gather_cpu_3_modalities"] / w["zarr_per_window_visual_only"], 1)
+        corpus = corpus_from_store(cfg, cs)
+        roles = {"train": list(range(a.videos)), "val": [0], "test": [1]}
+        task = tasks.make(cfg, corpus, roles, torch.device("cpu"))
+        n = task.n_samples("train")
+        methods = {"zarr_per_window_visual_only": zarr_window,
+                   "reference_mmap_dataloader_3_modalities": reference_loader(
+                       Path(tmp), [c.arrays["data"] for c in cs.values()], offsets, batch),
+                   "trainer_batch_cpu_3_modalities": lambda: len(task.batch("train", torch.randint(n, (batch,)))["x"][0])}
+        if torch.cuda.is_available():
+            dev = torch.device("cuda")
+            for m in corpus.modalities.values():
+                m.x, m.mask = m.x.to(dev), m.mask.to(dev)
+            corpus.labels = corpus.labels.to(dev)
+            gpu_task = tasks.make(cfg, corpus, roles, dev)
+
+            def on_gpu() -> int:   # synchronised per batch: what a step waits for
+                b = gpu_task.batch("train", torch.randint(n, (batch,), device=dev))
+                torch.cuda.synchronize()
+                return len(b["x"][0])
+            methods["trainer_batch_cuda_3_modalities"] = on_gpu
+        w = res["windows_per_s"] = _interleaved(methods, a.rounds, a.burst)
+    ours, ref, zr = (w["trainer_batch_cpu_3_modalities"], w["reference_mmap_dataloader_3_modalities"],
+                     w["zarr_per_window_visual_only"])
+    res["ratio_trainer_vs_reference_wall (target >= 20)"] = round(ours["per_s_wall"] / ref["per_s_wall"], 1)
+    res["ratio_trainer_vs_reference_cpu_time"] = round(ours["per_s_cpu"] / ref["per_s_cpu"], 1)
+    res["ratio_trainer_vs_zarr_per_window_wall"] = round(ours["per_s_wall"] / zr["per_s_wall"], 1)
     return res
 
 
@@ -195,10 +240,14 @@ def synthetic_corpus(cfg, videos: int, frames: int, device, rng=None):
                   labels=labels, features=[])
 
 
-def _epoch_rates(task, model, cfg, device, premade: dict, rounds: int, amp: bool = False) -> tuple[float, float]:
-    """Optimizer steps/s of experiments.fit.train_epoch with the trainer's Task.batch and with
-    `premade` in its place, epochs alternated `rounds` times (best of each: the neighbours'
-    load hits both alike)."""
+def _step_times(task, model, cfg, device, premade: dict, steps: int, amp: bool = False) -> dict:
+    """Seconds per optimizer step of experiments.fit.train_epoch, its Task.batch swapped per
+    step between the trainer's own and `premade` (real, pre-made, pre-made, real, ...: load
+    drifts and the accumulate cycle hit both alike). A step is the time from one batch() call
+    to the next inside one epoch, so it holds the data path, forward, backward and the
+    optimizer; per kind the median, in CPU time of this process (what a neighbour's load
+    does not inflate, as long as torch runs on one thread here) and in wall time. On CUDA each
+    step is synchronised before its clock is read."""
     import torch
 
     from experiments.fit import train_epoch
@@ -208,57 +257,80 @@ def _epoch_rates(task, model, cfg, device, premade: dict, rounds: int, amp: bool
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     gen = torch.Generator().manual_seed(0)
     real = task.batch
-    steps = -(-task.n_samples("train") // cfg.train.batch_size)
-    best = {"real": float("inf"), "premade": float("inf")}
+    marks: list[tuple[str, float, float]] = []   # (kind, wall, cpu) at each batch() call of one epoch
 
-    def epoch(kind):
-        task.batch = real if kind == "real" else (lambda role, sel, *args, **kw: premade)
+    def clock():
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        train_epoch(task, model, opt, scaler, gen, cfg, device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return time.perf_counter(), time.process_time()
 
+    def swapped(role, sel, *args, **kw):
+        kind = "real" if len(marks) % 4 in (0, 3) else "premade"
+        marks.append((kind, *clock()))
+        return real(role, sel, *args, **kw) if kind == "real" else premade
+
+    per = {"real": [], "premade": []}
+    task.batch = swapped
     try:
-        epoch("real")                                                   # warm-up
-        for _ in range(rounds):
-            for kind in ("real", "premade"):
-                best[kind] = min(best[kind], epoch(kind))
+        for epoch in range(100):
+            marks.clear()
+            train_epoch(task, model, opt, scaler, gen, cfg, device)
+            for j, ((kind, w0, c0), (_k, w1, c1)) in enumerate(zip(marks, marks[1:])):
+                if epoch or j:                      # the very first step warms up
+                    per[kind].append((w1 - w0, c1 - c0))
+            if min(len(v) for v in per.values()) >= steps:
+                break
     finally:
         task.batch = real
-    return steps / best["real"], steps / best["premade"]
+    out = {}
+    for kind, v in per.items():
+        a = np.asarray(v)
+        out[kind] = {"steps": len(a), "s_wall": float(np.median(a[:, 0])), "s_cpu": float(np.median(a[:, 1]))}
+    return out
 
 
-def head_rates(study: str, device, videos: int, rounds: int = 3, overrides=(), amp: bool = False) -> dict:
+def head_rates(study: str, device, steps: int = 8, overrides=(), amp: bool = False) -> dict:
+    """`steps` optimizer steps of each kind (trainer's batches, pre-made batch) for one study,
+    on a synthetic corpus sized so an epoch holds 2 x steps + 2 full batches."""
     import torch
 
-    from experiments import config, tasks
+    from experiments import config, tasks, windows
 
     cfg = config.load(study, list(overrides))
+    bs = cfg.train.batch_size
+    frames = STUDIES[study]
+    per_video = len(windows.window_starts(frames, cfg.data.window, cfg.data.hop)) if cfg.task == "frames" else 1
+    videos = max(2, -(-(2 * steps + 2) * bs // per_video))
     torch.manual_seed(0)
-    corpus = synthetic_corpus(cfg, videos, STUDIES[study], device)
+    corpus = synthetic_corpus(cfg, videos, frames, device)
     roles = {"train": list(range(videos)), "val": [0], "test": [1]}
     task = tasks.make(cfg, corpus, roles, device)
     model = task.build_model().to(device)
-    sel = torch.arange(min(cfg.train.batch_size, task.n_samples("train")), device=device)
+    sel = torch.arange(min(bs, task.n_samples("train")), device=device)
     premade = task.batch("train", sel)
-    real, ceiling = _epoch_rates(task, model, cfg, device, premade, rounds, amp)
-    return {"head": cfg.head.name, "batch_size": cfg.train.batch_size, "samples": task.n_samples("train"),
-            "steps_per_s_data_path": round(real, 2), "steps_per_s_premade": round(ceiling, 2),
-            "ratio (target >= 0.9)": round(real / ceiling, 3)}
+    t = _step_times(task, model, cfg, device, premade, steps, amp)
+    clock = "s_wall" if device.type == "cuda" else "s_cpu"
+    r, p = t["real"][clock], t["premade"][clock]
+    return {"head": cfg.head.name, "batch_size": bs, "samples": task.n_samples("train"),
+            "steps_measured_each": min(t["real"]["steps"], t["premade"]["steps"]),
+            "ms_per_step_data_path": round(1e3 * r, 2), "ms_per_step_premade": round(1e3 * p, 2),
+            "ms_per_step_wall_data_path": round(1e3 * t["real"]["s_wall"], 2),
+            "ms_per_step_wall_premade": round(1e3 * t["premade"]["s_wall"], 2),
+            "steps_per_s_data_path": round(1 / r, 3), "steps_per_s_premade": round(1 / p, 3),
+            f"ratio ({'wall' if clock == 's_wall' else 'CPU time'}; target >= 0.9)": round(p / r, 3),
+            "ratio_wall": round(t["premade"]["s_wall"] / t["real"]["s_wall"], 3)}
 
 
 def heads_section(a) -> dict:
     import torch
 
-    res = {"about": "optimizer steps/s of experiments.fit.train_epoch per published study config on a "
-                    "synthetic in-memory corpus (trainer's Task.batch) vs a pre-made batch (compute "
-                    "ceiling); CPU fp32, torch threads as in the header"}
+    res = {"about": f"optimizer steps/s of experiments.fit.train_epoch per published study config on a "
+                    f"synthetic in-memory corpus, the trainer's Task.batch vs a pre-made batch (compute "
+                    f"ceiling) swapped per step, median of {a.head_steps} steps each; CPU fp32, torch threads "
+                    "as in the header; the ratio in CPU time (load-proof), the wall ratio beside it"}
     for study in STUDIES:
         try:
-            res[study] = head_rates(study, torch.device("cpu"), a.head_videos)
+            res[study] = head_rates(study, torch.device("cpu"), a.head_steps)
         except Exception as e:  # noqa: BLE001  (a benchmark reports, the others still run)
             res[study] = {"error": f"{type(e).__name__}: {e}"}
         print(f"[heads] {study}: {res[study]}", flush=True)
@@ -268,61 +340,65 @@ def heads_section(a) -> dict:
 # ----------------------------------------------------------------------------- scale
 
 def scale_section(a) -> dict:
-    """abaw2 epoch on 1/scale_div of Aff-Wild2 (frames), store -> load_corpus-like read -> train_epoch."""
+    """abaw2 epoch on 1/scale_div of Aff-Wild2 (frames): store -> read_concat -> float32 corpus (as
+    load_corpus) -> train_epoch, with the resident memory of each stage (this process only)."""
     import torch
 
     from experiments import config, tasks
-    from experiments.data import Corpus, Modality
+    from experiments.fit import keep_freed_memory, train_epoch
+    from experiments.optim import make_optimizer
     from store import read_concat
 
+    keep_freed_memory()
     frames_total = AFFWILD2_FRAMES // a.scale_div
     per_video = 3000
     videos = max(2, frames_total // per_video)
     dims = {"backbone": 512, "logmel": 64, "mfcc": 39}
+    cfg = config.load("abaw2", ["train.batch_size=256"])
     res = {"about": f"1/{a.scale_div} of Aff-Wild2: {videos} videos x {per_video} frames = "
                     f"{videos * per_video} frames, {dims} float16 in the store; abaw2 lfan, batch 256, "
-                    "CPU fp32 (the GPU figure, bf16, is in bench_gpu)"}
-    rss0 = peak_rss_mb()
+                    "CPU fp32 (the GPU figure, bf16, is in bench_gpu); memory: VmRSS / VmHWM per stage"}
+    mem = res["memory_mb"] = {"after_imports": rss_now_mb()}
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         t0 = time.perf_counter()
         keys = write_store(Path(tmp), videos, per_video, dims)
         res["write_store_s"] = round(time.perf_counter() - t0, 1)
         ids = [f"v{v:04d}" for v in range(videos)]
+        mem["before_read (the bench's own store writing done)"] = rss_now_mb()
+        reset_peak_rss()
         t0 = time.perf_counter()
         cs = {n: read_concat(tmp, f"bench_{n}", k, ids) for n, k in keys.items()}
-        res["read_concat_s"] = round(time.perf_counter() - t0, 2)
+        corpus = corpus_from_store(cfg, cs)
+        res["read_and_corpus_s"] = round(time.perf_counter() - t0, 2)
     feature_bytes = sum(c.arrays["data"].nbytes for c in cs.values())
-    cfg = config.load("abaw2", ["train.batch_size=256"])
-    base = synthetic_corpus(cfg, 2, 10, torch.device("cpu"))   # rows/labels shape only
-    n = videos * per_video
-    offsets = cs["backbone"].offsets
-    mods = {}
-    for (name, _specs), c in zip(cfg.features.items(), cs.values()):
-        x = torch.from_numpy(c.arrays["data"].astype(np.float32))
-        mods[name] = Modality(name, x, torch.ones(n, dtype=torch.bool), [x.shape[1]])
+    mem["peak_during_load (float16 read + float32 corpus)"] = peak_rss_since_mb()
     del cs
-    rng = np.random.default_rng(0)
-    corpus = Corpus(rows=[{"video_id": v, "labels": {}, "split": "train"} for v in ids], video_ids=ids,
-                    offsets=offsets, frame_index=np.zeros(n, np.int64), times=np.zeros(n), modalities=mods,
-                    label_names=base.label_names,
-                    labels=torch.as_tensor(rng.uniform(-1, 1, (n, 2)).astype(np.float32)), features=[])
+    mem["corpus_loaded (float16 freed)"] = rss_now_mb()
     task = tasks.make(cfg, corpus, {"train": list(range(videos)), "val": [0], "test": [1]}, torch.device("cpu"))
     model = task.build_model()
-    from experiments.fit import train_epoch
-    from experiments.optim import make_optimizer
-
     opt = make_optimizer(cfg.optim, model.parameters())
     scaler = torch.amp.GradScaler("cpu", enabled=False)
+    mem["before_epoch"] = before = rss_now_mb()
+    reset_peak_rss()
     t0 = time.perf_counter()
     train_epoch(task, model, opt, scaler, torch.Generator().manual_seed(0), cfg, torch.device("cpu"))
     res["epoch_s"] = round(time.perf_counter() - t0, 2)
+    mem["peak_during_epoch"] = peak = peak_rss_since_mb()
+    mem["epoch_working_set (peak - before: batch 256 activations, grads, optimizer)"] = round(peak - before, 1)
     res["windows"] = task.n_samples("train")
+    res["steps"] = -(-res["windows"] // cfg.train.batch_size)
     res["windows_per_s"] = round(res["windows"] / res["epoch_s"], 1)
-    res["feature_bytes_float16_mb"] = round(feature_bytes / 1e6, 1)
-    res["corpus_float32_mb"] = round(sum(m.x.nbytes for m in mods.values()) / 1e6, 1)
+    res["feature_bytes_float16_mb"] = fb = round(feature_bytes / 1e6, 1)
+    res["corpus_float32_mb"] = cb = round(sum(m.x.nbytes for m in corpus.modalities.values()) / 1e6, 1)
     res["peak_rss_mb"] = peak_rss_mb()
-    res["peak_rss_before_mb"] = rss0
-    res["ratio_rss_to_feature_bytes"] = round(res["peak_rss_mb"] / res["feature_bytes_float16_mb"], 2)
+    res["ratio_peak_rss_to_feature_bytes"] = round(res["peak_rss_mb"] / fb, 2)
+    # what grows with the corpus is the float32 copy (2x the float16 bytes); imports and the
+    # batch-256 working set do not: the same sum at full Aff-Wild2 size
+    full_fb, full_cb = fb * a.scale_div, cb * a.scale_div
+    fixed = mem["after_imports"] + mem["epoch_working_set (peak - before: batch 256 activations, grads, optimizer)"]
+    res["full_size_estimate"] = {"feature_bytes_float16_mb": round(full_fb), "corpus_float32_mb": round(full_cb),
+                                 "training_rss_mb (imports + corpus + working set)": round(fixed + full_cb),
+                                 "ratio_to_feature_bytes": round((fixed + full_cb) / full_fb, 2)}
     res["full_size_epoch_s_extrapolated_cpu"] = round(res["epoch_s"] * a.scale_div, 1)
     return res
 
@@ -330,7 +406,9 @@ def scale_section(a) -> dict:
 def add_args(p) -> None:
     p.add_argument("--videos", type=int, default=40)
     p.add_argument("--frames", type=int, default=3000)
-    p.add_argument("--head-videos", type=int, default=24)
+    p.add_argument("--head-steps", type=int, default=8, help="steps measured per kind and head")
+    p.add_argument("--rounds", type=int, default=5, help="windows: rounds of turns")
+    p.add_argument("--burst", type=float, default=1.0, help="windows: seconds per method per turn")
     p.add_argument("--scale-div", type=int, default=20)
     p.add_argument("--no-scale", action="store_true")
 
@@ -338,6 +416,9 @@ def add_args(p) -> None:
 def run(a) -> dict:
     import torch
 
+    from experiments.fit import keep_freed_memory
+
+    keep_freed_memory()          # as experiments.fit.run_fold does: every method below runs with it
     torch.manual_seed(0)
     out = {"windows": windows_section(a)}
     print(f"[windows] {out['windows']}", flush=True)

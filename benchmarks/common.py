@@ -69,6 +69,35 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def rss_now_mb() -> float:
+    """Resident set of this process now (VmRSS), and `reset_peak_rss` + `peak_rss_since_mb`: the
+    peak since a point (VmHWM after /proc/self/clear_refs 5), so one process can tell which stage
+    of its run held the memory. Linux only; elsewhere NaN."""
+    return _status_mb("VmRSS")
+
+
+def reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_since_mb() -> float:
+    return _status_mb("VmHWM")
+
+
+def _status_mb(field: str) -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return float("nan")
+
+
 def isolated(script, args: list[str], timeout: float = 3600) -> dict:
     """Run `script --dump FILE args` in a fresh interpreter (its own peak RSS, its own
     imports) and return the section it dumped; on failure a dict with the error."""

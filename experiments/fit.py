@@ -22,6 +22,33 @@ from .optim import make_optimizer, make_scheduler, optimizer_steps, per_batch
 from .prepare import Setup, prepare, selected_on_test
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3     # glibc mallopt parameters (malloc.h)
+
+
+def keep_freed_memory(mmap_mb: int = 32, trim_mb: int = 256) -> bool:
+    """Let glibc keep freed batch and activation memory for the next step (process-wide).
+
+    Why: glibc serves every block above its mmap threshold with a fresh mmap and returns it
+    on free, and trims the heap top it frees, so each step page-faulted its batch and
+    activations in again. On one CPU thread a 8 x 300 x 512 float32 window gather took
+    0.76 ms CPU, 0.32 ms with these settings (random windows from a 236 MB corpus: 1.74 ->
+    1.12 ms for abaw2's three modalities; load 7). Blocks under `mmap_mb` (32 MiB, the most
+    glibc takes on 64-bit) come from the heap, and up to `trim_mb` of free heap top stays
+    mapped. No effect on any number computed; RSS stays near its peak instead of dropping
+    between steps. Returns False where there is no glibc (the setting is then a no-op).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_mb) << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, int(trim_mb) << 20))
+
+
 def train_epoch(task, model, opt, scaler, gen, cfg: config.StudyConfig, device, sched=None) -> float:
     """One pass over the training samples; ``sched`` (a per-batch schedule) steps with the optimiser."""
     model.train()
@@ -66,6 +93,7 @@ def run_fold(cfg: config.StudyConfig, store_root, run_dir, device=None, *, resum
     if cfg.train.select not in ("best", "last"):
         raise InputError("<config>", "bad_config", f"train.select {cfg.train.select!r}", fix="best or last")
     dev = runinfo.pick_device(device)
+    keep_freed_memory()
     if dev.type == "cpu" and cfg.train.threads:
         torch.set_num_threads(int(cfg.train.threads))
     config.dump(cfg, run_dir / "config.yaml")

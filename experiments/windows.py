@@ -107,11 +107,24 @@ def index_tensor(table: Table, offsets, width: int | None = None, device=None):
 def gather(x: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """x [N, ...] -> [S, W, ...] in one indexing op, padding zeroed.
 
-    Zeroed in place: ``x[idx]`` is already a copy, so multiplying by the mask made a second
-    one (and a NaN in the frame padding points at would have stayed NaN: 0 * NaN)."""
-    out = x[idx]
-    shape = valid.shape + (1,) * (out.dim() - valid.dim())
-    return out.masked_fill_(~valid.reshape(shape), 0)
+    Why index_select on the flattened indices and zeroing only the padded rows: on one CPU
+    thread (8 windows x 300 frames x 512-d float32) ``x[idx]`` took 2.3 ms and
+    ``masked_fill_`` over the whole batch another 1.1 ms, against 0.76 ms for the
+    index_select and nothing for a batch of full windows (CPU time, load 7). The values are
+    the same copy either way. Padding is written 0 after the copy (never ``* mask``: a NaN in
+    the frame padding points at would stay NaN). On CUDA the mask is applied without asking
+    the host which rows are padded (that would stall the stream every batch).
+    """
+    s, w = idx.shape
+    out = x.index_select(0, idx.reshape(-1))
+    pad = ~valid.reshape(-1)
+    if out.is_cuda:
+        out.masked_fill_(pad.reshape((-1,) + (1,) * (out.dim() - 1)), 0)
+    else:
+        rows = pad.nonzero().squeeze(1)
+        if len(rows):
+            out.index_fill_(0, rows, 0)
+    return out.view((s, w) + tuple(x.shape[1:]))
 
 
 def segment_bounds(n: int, n_segments: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,13 +159,21 @@ def pool_frames(x: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tens
 
     Why: a clip-level label needs no 10 ms resolution, and k-fold fewer steps make a
     convolutional head k times cheaper. A pooled step is valid when any of its frames is.
+    The pad copy is skipped when T is a multiple of k, and the multiply by the mask when
+    every frame is valid on the CPU (x * 1 is x, so the sums are the same bits): the two
+    were ~40 % of EmoDB's data path per batch (32 x 200 x 103, CPU).
     """
     b, t = mask.shape
     pad = -t % k
-    m = torch.nn.functional.pad(mask, (0, pad)).reshape(b, -1, k).to(x.dtype)
-    xp = torch.nn.functional.pad(x, (0, 0, 0, pad)).reshape(b, -1, k, x.shape[-1])
+    if pad:
+        mask = torch.nn.functional.pad(mask, (0, pad))
+        x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+    m = mask.reshape(b, -1, k).to(x.dtype)
+    xp = x.reshape(b, -1, k, x.shape[-1])
     n = m.sum(-1)
-    return (xp * m[..., None]).sum(2) / n.clamp_min(1)[..., None], n > 0
+    if pad or x.is_cuda or not bool(mask.all()):
+        xp = xp * m[..., None]
+    return xp.sum(2) / n.clamp_min(1)[..., None], n > 0
 
 
 def recut(x: torch.Tensor, mask: torch.Tensor, tokens: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:

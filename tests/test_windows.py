@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from experiments.windows import (clip_table, gather, index_tensor, segment_bounds, segment_pool,
+from experiments.windows import (clip_table, gather, index_tensor, pool_frames, segment_bounds, segment_pool,
                                  window_starts, window_table)
 
 
@@ -44,6 +44,33 @@ def test_gather_matches_per_video_slicing_and_pads_with_masked_zeros():
     x[offsets[1]] = float("nan")
     out = gather(x, idx, valid)
     assert torch.isnan(out[2, 0]).all() and (out[2, 120:] == 0).all()
+
+
+def test_gather_without_padding_is_the_plain_index_copy_and_a_fresh_tensor():
+    x = torch.arange(7000, dtype=torch.float32).reshape(1000, 7)
+    idx, valid = index_tensor(window_table([400, 600], 300, 200), [0, 400], 300)
+    assert bool(valid.all())
+    out = gather(x, idx, valid)
+    assert torch.equal(out, x[idx])
+    out += 1                                   # the batch is a copy: the corpus is untouched
+    assert torch.equal(out - 1, x[idx])
+
+
+def test_pool_frames_skips_the_mask_only_where_it_changes_nothing():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 12, 5, generator=g)
+    full = torch.ones(3, 12, dtype=torch.bool)
+    y, m = pool_frames(x, full, 4)              # no pad, every frame valid: the multiply is skipped
+    ref = (x.reshape(3, 3, 4, 5) * torch.ones(3, 3, 4, 1)).sum(2) / 4
+    assert torch.equal(y, ref) and bool(m.all())
+    part = full.clone()
+    part[0, 4:8] = False                       # a fully masked step: zero and invalid
+    part[1, 1] = False
+    y, m = pool_frames(x, part, 4)
+    assert not m[0, 1] and torch.equal(y[0, 1], torch.zeros(5))
+    assert torch.allclose(y[1, 0], x[1, [0, 2, 3]].mean(0))
+    y, m = pool_frames(x[:, :10], full[:, :10], 4)   # T not a multiple of k: the tail step pools 2 frames
+    assert y.shape == (3, 3, 5) and torch.allclose(y[:, 2], x[:, 8:10].mean(1))
 
 
 def test_clip_table_cuts_and_drops_short_remainders():

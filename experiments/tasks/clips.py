@@ -92,8 +92,9 @@ class ClipTask(Task):
         mods = list(self.corpus.modalities.values())
         xs = [windows.gather(m.x, idx, valid) for m in mods]
         masks = [valid & m.mask[idx] for m in mods]
-        if train and d.noise:
-            xs = [x + d.noise * torch.randn_like(x) * mk[..., None].to(x.dtype) for x, mk in zip(xs, masks)]
+        if train and d.noise:   # in place on the gathered copies: the same ops in the same order, no temporaries
+            for x, mk in zip(xs, masks):
+                x.add_(torch.randn_like(x).mul_(d.noise).mul_(mk[..., None]))
         if d.frame_pool > 1:
             pooled = [windows.pool_frames(x, mk, d.frame_pool) for x, mk in zip(xs, masks)]
             xs, masks = [p[0] for p in pooled], [p[1] for p in pooled]
