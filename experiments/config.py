@@ -137,6 +137,7 @@ class TrainConfig:
     eval_batch_size: int = 64
     select: str = "best"            # best: the epoch best on val (monitor); last: the final epoch
     fold_jobs: int = 1              # folds.test: all: folds trained in parallel processes (CPU)
+    members: int = 1                # folds.test: all: models per fold, each with its own validation draw; probabilities averaged
     threads: int | None = None      # CPU threads per model (torch.set_num_threads); none: one per core
 
 

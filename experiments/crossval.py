@@ -16,6 +16,7 @@ import contextlib
 import csv
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -41,14 +42,15 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
 
 
-def inner_val_folds(folds: list[str], test: str, n: int, seed: int) -> list[str]:
+def inner_val_folds(folds: list[str], test: str, n: int, seed: int, member: int = 0) -> list[str]:
     """``n`` validation folds drawn from the training folds of outer fold ``test`` (nested
-    validation): a fixed draw per (seed, test fold), so a resumed run picks the same ones."""
+    validation): a fixed draw per (seed, test fold, member), so a resumed run picks the same
+    ones; member 0 is the draw of a single-model run."""
     rest = [f for f in folds if f != test]
     if n >= len(rest):
         raise InputError("<config>", "bad_config", f"folds.inner_val {n} leaves no training fold "
                          f"({len(rest)} besides the test fold)", fix=f"folds.inner_val < {len(rest)}")
-    rng = np.random.default_rng([int(seed), folds.index(test)])
+    rng = np.random.default_rng([int(seed), folds.index(test)] + ([int(member)] if member else []))
     return sorted((rest[i] for i in rng.choice(len(rest), n, replace=False)), key=_natural)
 
 
@@ -73,6 +75,56 @@ def _fold(cfg_dict: dict, fold: str, store_root, fold_dir: str, device, threads:
     return {"fold": fold, "seconds": round(time.time() - t0, 1)}
 
 
+def member_seed(seed: int, member: int) -> int:
+    """The seed of fold model ``member`` (train.members): member 0 keeps the study's seed."""
+    return int(seed) + 7919 * int(member)
+
+
+def _members(cfg: config.StudyConfig) -> int:
+    n = 1 if cfg.train.members is None else int(cfg.train.members)
+    if n < 1:
+        raise InputError("<config>", "bad_config", f"train.members {n}", fix="1 (one model per fold) or more")
+    if n > 1 and cfg.task != "clip_classification":
+        raise InputError("<config>", "bad_config", f"train.members {n} with task {cfg.task}",
+                         fix="members average class probabilities: use them with clip_classification, or set 1")
+    return n
+
+
+def _unit_dir(fold_dir: Path, member: int, members: int) -> Path:
+    return fold_dir if members == 1 else fold_dir / f"member-{member}"
+
+
+def combine_members(fold_dir: Path, members: int) -> dict:
+    """One held-out fold scored by the mean of its members' class probabilities: the fold's
+    predictions_test.csv and metrics.json (what pooling and the report read), the members'
+    own runs kept in member-*/."""
+    from .folds import mean_prediction_csvs, read_prediction_csvs
+
+    dirs = [fold_dir / f"member-{k}" for k in range(members)]
+    paths = [d / "predictions_test.csv" for d in dirs]
+    tables = read_prediction_csvs(paths)
+    if any([r["video_id"] for r in t] != [r["video_id"] for r in tables[0]] for t in tables):
+        raise InputError(fold_dir, "bad_labels", "the members of this fold scored different test clips",
+                         fix="delete the fold folder and train it again (--resume keeps the other folds)")
+    mean_prediction_csvs(paths, fold_dir / "predictions_test.csv")
+    ms = [json.loads((d / "metrics.json").read_text()) for d in dirs]
+    rows = read_prediction_csvs([fold_dir / "predictions_test.csv"])[0]
+    classes = list(ms[0]["test"]["model"]["classes"])
+    probs = torch.tensor([[float(r[f"p_{c}"]) for c in classes] for r in rows])
+    true = torch.tensor([classes.index(r["true"]) for r in rows])
+    out = {**ms[0], "seed": [m["seed"] for m in ms],
+           "best_epoch": int(np.median([m["best_epoch"] for m in ms])),
+           "members": [{"seed": m["seed"], "best_epoch": m["best_epoch"], "val_uar": m.get("val", {}).get("model", {}).get("uar"),
+                        "test_uar": m["test"]["model"]["uar"]} for m in ms],
+           "model_selected_on_test": any(m["model_selected_on_test"] for m in ms)}
+    out["test"] = {**ms[0]["test"], "model": classification_metrics(probs, true, classes)}
+    out.pop("val", None)
+    for name in ("data.json", "config.yaml"):     # what pooling, ablations and predict read of a fold
+        shutil.copyfile(dirs[0] / name, fold_dir / name)
+    write_json(out, fold_dir / "metrics.json")
+    return out
+
+
 def run(cfg: config.StudyConfig, store_root, run_dir, device=None, progress: bool = True) -> Path:
     """One model per fold (in ``train.fold_jobs`` processes), pooled metrics, baselines, report."""
     t_start = time.time()
@@ -95,33 +147,46 @@ def run(cfg: config.StudyConfig, store_root, run_dir, device=None, progress: boo
         merge_ids = sorted(v for v, f in fold_of.items() if str(f) == MERGE_FOLD)
     train_folds = folds if merge_ids else None
     fold_dirs = {f: run_dir / f"fold-{f}" for f in folds}
-    todo = [f for f in folds if not (fold_dirs[f] / "metrics.json").is_file()]
-    jobs = max(1, min(int(cfg.train.fold_jobs or 1), len(todo))) if dev.type == "cpu" else 1
+    members = _members(cfg)
+    units = [(f, k) for f in folds for k in range(members)
+             if not (fold_dirs[f] / "metrics.json").is_file()
+             and not (_unit_dir(fold_dirs[f], k, members) / "metrics.json").is_file()]
+    todo = sorted({f for f, _ in units}, key=folds.index)
+    jobs = max(1, min(int(cfg.train.fold_jobs or 1), len(units))) if dev.type == "cpu" else 1
     print(f"{cfg.name}: {len(folds)} folds ({cfg.folds.scheme}"
           f"{' by ' + cfg.folds.by if cfg.folds.by else ''}), {len(folds) - len(todo)} done, "
-          f"{len(todo)} to train in {jobs} process(es); logs in {run_dir}/fold-*/log.txt", flush=True)
+          f"{len(todo)} to train" + (f" ({len(units)} models, {members} per fold)" if members > 1 else "")
+          + f" in {jobs} process(es); logs in {run_dir}/fold-*/"
+          + ("member-*/" if members > 1 else "") + "log.txt", flush=True)
     raw = cfg.to_dict()
     raw["folds"]["test"] = None
     n_inner = int(cfg.folds.inner_val or 0)
-    inner = {f: inner_val_folds(train_folds or folds, f, n_inner, cfg.folds.seed) if n_inner else None
-             for f in folds}
-    fold_seconds = {}
+    inner = {(f, k): inner_val_folds(train_folds or folds, f, n_inner, cfg.folds.seed, k) if n_inner else None
+             for f in folds for k in range(members)}
+
+    def unit_args(f, k):
+        return ({**raw, "seed": member_seed(cfg.seed, k)}, f, str(store_root),
+                str(_unit_dir(fold_dirs[f], k, members)), device)
+
+    unit_seconds = {}
     if jobs == 1:
-        it = todo
+        it = units
         if progress:
             from tqdm import tqdm
-            it = tqdm(todo, desc=f"{cfg.name} folds", unit="fold")
-        for f in it:
-            fold_seconds[f] = _fold(raw, f, str(store_root), str(fold_dirs[f]), device, None,
-                                    train_folds, inner[f])["seconds"]
-    elif todo:
+            it = tqdm(units, desc=f"{cfg.name} folds" if members == 1 else f"{cfg.name} fold models", unit="model")
+        for f, k in it:
+            unit_seconds[f, k] = _fold(*unit_args(f, k), None, train_folds, inner[f, k])["seconds"]
+    elif units:
         from joblib import Parallel, delayed
 
         # one thread per process: on a few cores, parallel folds beat threads inside one model
         out = Parallel(n_jobs=jobs, verbose=5 if progress else 0)(
-            delayed(_fold)(raw, f, str(store_root), str(fold_dirs[f]), device, 1, train_folds, inner[f])
-            for f in todo)
-        fold_seconds = {o["fold"]: o["seconds"] for o in out}
+            delayed(_fold)(*unit_args(f, k), 1, train_folds, inner[f, k]) for f, k in units)
+        unit_seconds = dict(zip(units, (o["seconds"] for o in out)))
+    fold_seconds = {f: round(sum(v for (g, _), v in unit_seconds.items() if g == f), 1) for f in todo}
+    if members > 1:
+        for f in todo:
+            combine_members(fold_dirs[f], members)
     result = summarize(cfg, store_root, run_dir, folds, fold_of, rows)
     if merge_ids and cfg.task == "frames":
         result["merged"] = merge_folds(cfg, store_root, run_dir, folds, merge_ids, device, progress=progress)

@@ -256,3 +256,26 @@ def merge_prediction_csvs(paths, out_path, clip: tuple[float, float] | None = (-
         for i, r in enumerate(tables[0]):
             wr.writerow([r[c] for c in keep] + [f"{merged[c][i]:.5f}" for c in cols])
     return out_path
+
+
+def mean_prediction_csvs(paths, out_path) -> None:
+    """Row-wise mean of several models' value columns (pred_*, p_*) of the same rows (fold
+    models on one video, or the members of one fold); `pred` = the argmax class."""
+    import csv
+    import warnings
+
+    tables = read_prediction_csvs(paths)
+    head = list(tables[0][0]) if tables[0] else []
+    vals = [c for c in head if c.startswith(("pred_", "p_"))]
+    with open(out_path, "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(head)
+        for i, row in enumerate(tables[0]):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)       # uncovered frames stay NaN
+                mean = {c: float(np.nanmean([float(t[i][c]) for t in tables])) for c in vals}
+            probs = {c: v for c, v in mean.items() if c.startswith("p_")}
+            if "pred" in row:
+                row = {**row, "pred": max(probs, key=probs.get)[2:] if probs and all(np.isfinite(list(probs.values())))
+                       else ""}
+            wr.writerow([f"{mean[c]:.5f}" if c in mean else row[c] for c in head])

@@ -22,7 +22,7 @@ from store.errors import InputError
 
 from . import config, data, report, runinfo, tasks
 from .checkpoints import BEST, load_weights
-from .folds import merge_prediction_csvs, read_prediction_csvs
+from .folds import mean_prediction_csvs, merge_prediction_csvs
 from .prepare import normalise_like_run
 
 
@@ -59,7 +59,9 @@ def predict_video(video_path, run_dir, out_dir=None, store_root=None, device=Non
     video_path, run_dir = Path(video_path), Path(run_dir)
     if not video_path.is_file():
         raise InputError(video_path, "missing_file", "video not found", fix="give the path of a media file")
-    fold_runs = sorted(d for d in run_dir.glob("fold-*") if (d / BEST).is_file() and (d / "config.yaml").is_file())
+    # fold models, or a fold's members (train.members): each a finished run, or members of one
+    fold_runs = sorted(d for pat in ("fold-*", "member-*") for d in run_dir.glob(pat)
+                       if ((d / BEST).is_file() and (d / "config.yaml").is_file()) or any(d.glob("member-*/" + BEST)))
     if not (run_dir / BEST).is_file() and fold_runs:
         return _predict_with_folds(video_path, run_dir, fold_runs, out_dir, store_root, device)
     seed_runs = sorted(d for d in run_dir.glob("seed-*") if (d / "metrics.json").is_file())
@@ -157,7 +159,7 @@ def _predict_with_folds(video_path: Path, run_dir: Path, fold_runs, out_dir, sto
     if config.load(run_dir / "config.yaml").task == "frames":
         merge_prediction_csvs(paths, merged)
     else:
-        _mean_csvs(paths, merged)
+        mean_prediction_csvs(paths, merged)
     table = np.genfromtxt(merged, delimiter=",", names=True, dtype=None, encoding=None)
     cols = [c for c in table.dtype.names if c.startswith(("pred_", "p_"))]
     values = np.stack([table[c].astype(float) for c in cols], 1) if cols else np.zeros((len(table), 0))
@@ -165,22 +167,3 @@ def _predict_with_folds(video_path: Path, run_dir: Path, fold_runs, out_dir, sto
                          f"{video_path.name}: {len(paths)} fold models merged",
                          demo_model=trained_on_demo(config.load(run_dir / "config.yaml")))
     return merged
-
-
-def _mean_csvs(paths, out_path) -> None:
-    """Per-frame mean of the fold models' value columns (pred_*, p_*); `pred` = the argmax class."""
-    tables = read_prediction_csvs(paths)
-    head = list(tables[0][0]) if tables[0] else []
-    vals = [c for c in head if c.startswith(("pred_", "p_"))]
-    with open(out_path, "w", newline="") as f:
-        wr = csv.writer(f)
-        wr.writerow(head)
-        for i, row in enumerate(tables[0]):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)       # uncovered frames stay NaN
-                mean = {c: float(np.nanmean([float(t[i][c]) for t in tables])) for c in vals}
-            probs = {c: v for c, v in mean.items() if c.startswith("p_")}
-            if "pred" in row:
-                row = {**row, "pred": max(probs, key=probs.get)[2:] if probs and all(np.isfinite(list(probs.values())))
-                       else ""}
-            wr.writerow([f"{mean[c]:.5f}" if c in mean else row[c] for c in head])

@@ -143,6 +143,20 @@ class MelCNN(nn.Module):
         return torch.cat([self.proj(h), x[..., self.bands:]], dim=-1)
 
 
+class RunningScaler(nn.BatchNorm1d):
+    """BatchNorm1d without affine: a StandardScaler that learns its statistics from the
+    training batches. A batch of one sample (the last of an epoch whose size is 1 mod the
+    batch size) has no batch variance: it is scaled with the running statistics instead."""
+
+    def __init__(self, width: int):
+        super().__init__(width, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] == 1:
+            return nn.functional.batch_norm(x, self.running_mean, self.running_var, training=False, eps=self.eps)
+        return super().forward(x)
+
+
 class SequenceClassifier(nn.Module):
     """``model(x [B,T,D], mask=None) -> [B, n_classes]`` logits.
 
@@ -155,7 +169,7 @@ class SequenceClassifier(nn.Module):
     concatenate (depth x the pooled width): short and long receptive fields both reach the
     classifier. ``input_stats``: a second, utterance-level branch on statistics of the
     (standardised) input itself (True: mean and std; or a list from `STATS`, e.g. mean, std,
-    p10, p90): BatchNorm without affine (a StandardScaler that learns its scale from the
+    p10, p90): `RunningScaler` (a StandardScaler that learns its scale from the
     training clips) -> Dropout(``stats_dropout``) -> Linear, its logits added to the encoder's.
     Why: on EmoDB (LOSO) logistic regression on such statistics (mean/std/p10/p90 of log-mel,
     MFCC and ComParE LLDs) reached UAR 0.825 and averaging its probabilities with the conv
@@ -206,7 +220,7 @@ class SequenceClassifier(nn.Module):
         self.stats = None
         if self.input_stats:
             width = len(self.input_stats) * raw_dim
-            self.stats = nn.Sequential(nn.BatchNorm1d(width, affine=False), nn.Dropout(stats_dropout),
+            self.stats = nn.Sequential(RunningScaler(width), nn.Dropout(stats_dropout),
                                        nn.Linear(width, n_classes))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -119,12 +119,12 @@ def test_merge_prediction_csvs_applies_ccc_centering_per_column(tmp_path):
 
 
 def test_clip_fold_predictions_average_per_frame_and_keep_uncovered_frames_empty(tmp_path):
-    from experiments.predict import _mean_csvs
+    from experiments.folds import mean_prediction_csvs
 
     head = "frame,t,p_a,p_b,face,pred\n"
     (tmp_path / "f0.csv").write_text(head + "0,0.0,0.9,0.1,1,a\n1,0.04,0.2,0.8,1,b\n2,0.08,nan,nan,0,\n")
     (tmp_path / "f1.csv").write_text(head + "0,0.0,0.5,0.5,1,a\n1,0.04,0.6,0.4,1,a\n2,0.08,nan,nan,0,\n")
-    _mean_csvs([tmp_path / "f0.csv", tmp_path / "f1.csv"], tmp_path / "m.csv")
+    mean_prediction_csvs([tmp_path / "f0.csv", tmp_path / "f1.csv"], tmp_path / "m.csv")
     lines = (tmp_path / "m.csv").read_text().splitlines()
     assert lines[0] == "frame,t,p_a,p_b,face,pred"
     assert lines[1] == "0,0.0,0.70000,0.30000,1,a"
@@ -133,5 +133,5 @@ def test_clip_fold_predictions_average_per_frame_and_keep_uncovered_frames_empty
     # fold files of different lengths: the error the CCC merge gives too, not an IndexError
     (tmp_path / "f2.csv").write_text(head + "0,0.0,0.5,0.5,1,a\n")
     with pytest.raises(InputError) as e:
-        _mean_csvs([tmp_path / "f0.csv", tmp_path / "f2.csv"], tmp_path / "m2.csv")
+        mean_prediction_csvs([tmp_path / "f0.csv", tmp_path / "f2.csv"], tmp_path / "m2.csv")
     assert e.value.reason == "bad_labels" and "differ in length" in e.value.message

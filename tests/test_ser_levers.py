@@ -131,3 +131,46 @@ def test_opensmile_llds_on_real_speech(shared_data):
     assert not short["mask"].any() and np.isfinite(short["data"]).all()
     with pytest.raises(Exception, match="deltas"):
         parse_config("opensmile", {"feature_set": "egemaps"})
+
+
+def test_statistics_branch_trains_on_a_last_batch_of_one():
+    """An epoch whose size is 1 mod the batch size ends on one clip: the statistics branch
+    scales it with its running statistics instead of failing (BatchNorm has no batch variance)."""
+    torch.manual_seed(0)
+    model = SequenceClassifier(6, 3, encoder="conv", hidden=8, depth=1, pool="meanstd", input_stats=["mean", "std"])
+    model.train()
+    model(torch.randn(4, 10, 6)).sum().backward()          # fills the running statistics
+    scaler = model.stats[0]
+    before = scaler.running_mean.clone()
+    out = model(torch.randn(1, 10, 6))
+    out.sum().backward()
+    assert out.shape == (1, 3) and torch.isfinite(out).all()
+    assert torch.equal(scaler.running_mean, before)         # one clip does not move them
+
+
+@pytest.mark.data
+def test_opensmile_functionals_are_cached_per_file(shared_data, tmp_path):
+    """A second run reads the functionals back (one .npy per file, named by path, size and
+    mtime); a changed file is computed again."""
+    pytest.importorskip("opensmile")
+    import os
+    import shutil
+
+    from experiments.baselines import egemaps_functionals
+
+    src = shared_data / "emodb" / "wav" / "03a01Fa.wav"
+    if not src.is_file():
+        pytest.skip("EmoDB not in shared data")
+    wavs = [tmp_path / "a.wav", tmp_path / "b.wav"]
+    for w, name in zip(wavs, ("03a01Fa.wav", "03a01Nc.wav")):
+        shutil.copyfile(src.with_name(name), w)
+    cache = tmp_path / "cache"
+    first = egemaps_functionals(wavs, "egemaps", cache_dir=cache)
+    files = sorted(cache.rglob("*.npy"))
+    assert first.shape == (2, 88) and len(files) == 2
+    np.testing.assert_array_equal(egemaps_functionals(wavs, "egemaps", cache_dir=cache), first)
+    shutil.copyfile(src.with_name("03a01Nc.wav"), wavs[0])      # a.wav now holds other audio
+    os.utime(wavs[0], ns=(1, 1))
+    again = egemaps_functionals(wavs, "egemaps", cache_dir=cache)
+    assert len(list(cache.rglob("*.npy"))) == 3
+    np.testing.assert_allclose(again[0], first[1], rtol=1e-6)
