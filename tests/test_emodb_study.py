@@ -268,5 +268,12 @@ def test_fold_members_average_their_probabilities(emodb_store, tmp_path):
         fm = json.loads((fold / "metrics.json").read_text())
         assert [x["seed"] for x in fm["members"]] == [x["seed"] for x in members]
         assert m["model"]["per_fold"][spk]["uar"] == pytest.approx(fm["test"]["model"]["uar"])
+    # predict: every fold's every member, averaged
+    from experiments.predict import predict_video
+
+    wav = emodb_store[1][0]["path"]
+    out = read_prediction_csvs([predict_video(wav, run_dir, tmp_path / "pred", tmp_path / "pred-store")])[0]
+    assert out and all(abs(sum(float(r[f"p_{c}"]) for c in CLASSES) - 1) < 1e-3 for r in out)
+    assert len(list((tmp_path / "pred").rglob("member-*/*.csv"))) == 2 * len(SPEAKERS)
     with pytest.raises(InputError, match="members"):
         run_study("ser", root, tmp_path / "bad", progress=False, overrides=["train.members=0"])
