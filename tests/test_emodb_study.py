@@ -277,3 +277,27 @@ def test_fold_members_average_their_probabilities(emodb_store, tmp_path):
     assert len(list((tmp_path / "pred").rglob("member-*/*.csv"))) == 2 * len(SPEAKERS)
     with pytest.raises(InputError, match="members"):
         run_study("ser", root, tmp_path / "bad", progress=False, overrides=["train.members=0"])
+
+
+@pytest.mark.data
+def test_members_reuse_one_corpus_read_per_process(emodb_store):
+    """With train.members > 1 the next model of a fold gets a copy of the corpus already read
+    (not the same tensors: per-speaker standardisation changes them in place)."""
+    from experiments import prepare as P
+
+    root, rows = emodb_store
+    cfg = C.load("ser", overrides=[f"labels.classes=[{', '.join(CLASSES)}]", "train.members=2"])
+    feats = D.resolve_features(cfg, root)
+    a = P.load_corpus_once(cfg, root, torch.device("cpu"), feats, rows, False)
+    kept = P._LAST_CORPUS["corpus"]
+    b = P.load_corpus_once(cfg, root, torch.device("cpu"), feats, rows, False)
+    assert P._LAST_CORPUS["corpus"] is kept                     # not read again
+    x_a, x_b = a.modalities["audio"].x, b.modalities["audio"].x
+    assert torch.equal(x_a, x_b) and x_a.data_ptr() != x_b.data_ptr()
+    x_a.zero_()
+    assert torch.equal(kept.modalities["audio"].x, x_b) and x_b.abs().sum() > 0
+    other = P.load_corpus_once(cfg, root, torch.device("cpu"), feats, rows[:10], False)
+    assert len(other.video_ids) == 10 and P._LAST_CORPUS["corpus"] is not kept
+    single = C.load("ser", overrides=[f"labels.classes=[{', '.join(CLASSES)}]", "train.members=1"])
+    P.load_corpus_once(single, root, torch.device("cpu"), feats, rows, False)
+    assert not P._LAST_CORPUS                                   # one model per fold keeps nothing
