@@ -2,8 +2,10 @@
 
 Not measured yet: written on a machine without a GPU; run it where one is. Sections:
   heads     steps/s per study head on CUDA (the trainer's train_epoch, train.amp on: its fp16
-            autocast + GradScaler) fed by the trainer's Task.batch vs a pre-made batch (ceiling)
-  windows   300-frame windows/s gathered on the device (read_concat once, then one gather)
+            autocast + GradScaler) fed by the trainer's Task.batch vs a pre-made batch (ceiling),
+            the two swapped per step, each step synchronised (bench_train._step_times)
+  windows   300-frame windows/s of FrameTask.batch on the device (synchronised per batch) in
+            turns with the CPU methods of bench_train.windows_section
   abaw2_full  one abaw2 epoch at batch 256 on an Aff-Wild2-sized corpus on the device
             (2.8 M frames: 512 visual + 64 log-mel + 39 MFCC); target < 10 s
   backbone  a ResNet-50 (torchvision, or the registered ir50 when torchvision is absent;
