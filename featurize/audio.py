@@ -18,6 +18,7 @@ process otherwise.
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -87,12 +88,44 @@ class MfccConfig:
             raise ValueError("delta_width must be odd and >= 3")
 
 
+_WARMING: threading.Thread | None = None
+
+
+def _warm_in_background() -> None:
+    """Import librosa's feature stack and load its numba kernels on a thread, once per process.
+
+    Why: the first logmel/mfcc call in a fresh worker spent 6.2 s (load 5; 13.8 s profiled)
+    importing, not computing: librosa.feature.spectral pulls scipy.signal (2.0 s, scipy's
+    array-API wrappers parse docstrings at import), librosa.core.pitch and .audio build their
+    numba kernels (1.2 + 0.7 s) (python -X importtime). Started when the extractor is built
+    (the pipeline builds models before the first task), it runs while the worker takes its
+    first task and decodes it; on video the decoder, mediapipe and torch release the GIL, so
+    the import overlaps the face work of the first video instead of following it."""
+    global _WARMING
+    if _WARMING is None:
+        _WARMING = threading.Thread(target=_warm_quietly, name="emocache-audio-warm", daemon=True)
+        _WARMING.start()
+
+
+def _warm_quietly() -> None:
+    try:
+        warm_cache(seconds=0.05)
+    except Exception:  # noqa: BLE001  (the first real call raises it where it is reported)
+        pass
+
+
 class _Audio(Extractor):
     input = "audio"
     libraries = ("librosa", "av", "numpy")
 
+    def __init__(self, config=None):
+        super().__init__(config)
+        _warm_in_background()
+
     def _mel(self, samples: np.ndarray, sr: int) -> np.ndarray:
         """The checked samples' mel power spectrogram [n_mels, T] (what logmel and mfcc start from)."""
+        if _WARMING is not None and _WARMING is not threading.current_thread():
+            _WARMING.join()   # one import at a time: the first call waits for the warm-up
         c = self.config
         x = _check(samples, sr, c.sr)
         win = int(round(c.sr * c.win_ms / 1000.0))
@@ -160,6 +193,8 @@ def warm_cache(seconds: float = 1.0) -> float:
     t0 = time.monotonic()
     sr = 16000
     x = (0.1 * np.sin(2 * np.pi * 220 * np.arange(int(sr * seconds)) / sr)).astype(np.float32)
-    Logmel().extract(x, sr)
-    Mfcc().extract(x, sr)
+    for cls in (Logmel, Mfcc):   # not through __init__: that would start the background warm-up
+        ex = cls.__new__(cls)
+        Extractor.__init__(ex)
+        ex.extract(x, sr)
     return time.monotonic() - t0

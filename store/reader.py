@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from .errors import NOT_APPLICABLE, InputError
 
@@ -192,6 +191,8 @@ def check_against_manifest(vdir: Path, handles: dict, row: dict) -> None:
 def _open_arrays(vdir: Path, names, row: dict | None = None) -> tuple:
     """Opens only the arrays asked for: listing the group costs as much as reading a small array.
     With the video's manifest line, what is opened is checked against it (damage raises)."""
+    import zarr
+
     try:
         group = zarr.open_group(str(vdir), mode="r")
     except Exception as e:  # noqa: BLE001  (no folder, no or broken zarr.json)

@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from .claims import CLAIM_PREFIX, is_stale, read_claim
 from .keys import key_from_provenance
@@ -112,6 +111,8 @@ def _verify_key(kdir: Path) -> list[str]:
 
 
 def _verify_video(vdir: Path, row: dict) -> list[str]:
+    import zarr
+
     group = zarr.open_group(str(vdir), mode="r")
     arrays = {n: group[n] for n in sorted(group.array_keys())}
     out: list[str] = []

@@ -18,7 +18,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import zarr
+
+# zarr is imported where it is used (_array_template, _store_metadata): importing it cost each
+# process ~1.1 s at load 5 (python -X importtime), on the path to the first video of every
+# worker and of every `emocache` command
 
 from . import claims as _claims
 from .errors import NOT_APPLICABLE, InputError
@@ -152,6 +155,7 @@ def _array_template(dtype: np.dtype, trailing: tuple, chunk: int) -> tuple[dict,
     hit = _TEMPLATES.get(sig)
     if hit is not None:
         return hit
+    import zarr
     from numcodecs import Zstd
     from zarr.storage import MemoryStore
 
