@@ -220,3 +220,42 @@ def test_a_claim_left_on_a_finished_video_is_cleared_and_live_ones_stay(tmp_path
     finally:
         live.release()
     assert read_video(tmp_path, EXT, handle.key, "v")[0]["data"].shape == (20, 4)
+
+
+def _commit_unannounced_and_die(root, vid):
+    """A batch writer killed after renaming its videos into place, before announcing them."""
+    from store.writer import Announcer
+
+    handle = open_key(root)
+    announcer = Announcer()
+    for v in (vid, vid + "b"):
+        w = handle.begin_video(v, chunk_frames=8)
+        w.append(frames(0, 20))
+        w.commit(announcer=announcer)
+    os._exit(9)
+
+
+def test_announced_batch_is_invisible_and_claimed_until_flush_and_a_crash_before_it_is_redone(tmp_path):
+    from store.writer import Announcer
+
+    handle = open_key(tmp_path)
+    announcer = Announcer()
+    w = handle.begin_video("v", chunk_frames=8)
+    w.append(frames(0, 20))
+    w.commit(announcer=announcer)
+    assert (handle.path / "v").is_dir() and not handle.is_done("v")   # renamed, not done
+    assert handle.done_ids() == set()
+    with pytest.raises(InputError):                                    # a reader does not see it
+        read_video(tmp_path, EXT, handle.key, "v")
+    with pytest.raises(VideoBusy):                                     # still claimed
+        handle.begin_video("v")
+    assert announcer.flush() == []
+    assert handle.is_done("v") and handle.claim("v") is not None      # done, claim let go
+
+    child = _die_in_child(_commit_unannounced_and_die, tmp_path, "k")
+    assert child.exitcode == 9
+    assert (handle.path / "k").is_dir() and not handle.is_done("k")
+    assert handle.done_ids() == {"v"}                                  # nothing of the dead batch
+    write_video(handle, "k", 12)                                       # dead claim broken, redone
+    assert read_video(tmp_path, EXT, handle.key, "k")[0]["data"].shape == (12, 4)
+    assert [r["video_id"] for r in read_jsonl(handle.path / MANIFEST)] == ["v", "k"]
