@@ -44,13 +44,14 @@ def decode_only(rows) -> dict:
 
 def end_to_end(rows, extractors, workers: int) -> dict:
     """Wall-clock frames/s on a fresh LocalCluster (models preloaded), fresh store."""
-    from featurize.pipeline import dask_client, run_features
+    from featurize.pipeline import close_cluster, dask_client, run_features
 
     store = Path(tempfile.mkdtemp(prefix="bench-store-"))
     try:
-        # the pipeline's own LocalCluster (same worker environment a user gets)
+        # the pipeline's own LocalCluster (same worker environment a user gets), closed the
+        # way a run closes it (a plain `with cluster` timed out at load 18 and lost the section)
         client, cluster = dask_client(workers, None)
-        with cluster, client:
+        try:
             # warm-up: librosa/numba first calls, lazy imports; a throwaway store
             warm = Path(tempfile.mkdtemp(prefix="bench-warm-"))
             client.run(_warm_audio)
@@ -62,6 +63,12 @@ def end_to_end(rows, extractors, workers: int) -> dict:
             sec = time.perf_counter() - t0
             each = {w: c - c0[w] for w, c in client.run(time.process_time).items()}
             cpu = sum(each.values())
+        finally:
+            client.close()
+            try:
+                close_cluster(cluster)
+            except Exception as e:  # noqa: BLE001  (the figures are taken; a slow teardown is not one)
+                print(f"cluster close: {type(e).__name__}: {e}", flush=True)
         if s.failed_total:
             raise RuntimeError(f"benchmark run had failures: {s.failed}")
         return {"workers": workers, "frames": s.frames, "seconds": round(sec, 2),
@@ -86,7 +93,7 @@ def _warm_audio():
         registry.get_cached(n, registry.parse_config(n)).extract(np.zeros(16000, np.float32), 16000)
 
 
-def stages(row) -> dict:
+def stages(row, mesh: bool = True) -> dict:
     """ms per frame of each stage on one video, in this process (where the time goes):
     `ms_per_frame` in CPU time of this process (mediapipe's graph threads included), the
     figure to compare; `wall_ms_per_frame` beside it, which neighbours on a loaded machine
@@ -97,7 +104,7 @@ def stages(row) -> dict:
     from featurize.decode import iter_frames, probe, read_audio
 
     info = probe(row["path"])
-    ex = {n: registry.get_cached(n, registry.parse_config(n)) for n in ("faces", "fer", "mesh")}
+    ex = {n: registry.get_cached(n, registry.parse_config(n)) for n in ("faces", "fer", "mesh")[:3 if mesh else 2]}
     ex["faces_every_1"] = registry.get_cached("faces", registry.parse_config("faces", {"every": 1}))
     for e in ex.values():
         e.start(info)
@@ -122,10 +129,10 @@ def stages(row) -> dict:
         t = add("faces", t)
         ex["faces_every_1"].process(frames, {"t": ts})
         t = add("faces_every_1", t)
-        for name in ("fer", "mesh"):
+        for name in ("fer", "mesh")[:2 if mesh else 1]:
             ex[name].process(out["data"], {"t": ts, "mask": out["mask"]})
             t = add(name, t)
-    res = {k: round(v / n * 1000, 2) for k, v in cpu.items()}
+    res = {k: round(v / n * 1000, 2) for k, v in cpu.items() if k in ex or k == "decode"}
     res["detected_frames_share"] = round(ex["faces"].finish()["detected_frames"] / n, 3)
     t = time.process_time()
     x = read_audio(row["path"])
@@ -137,7 +144,7 @@ def stages(row) -> dict:
         e.extract(x, 16000)
         res[f"{name}_ms_per_s"] = round((time.process_time() - t) / (len(x) / 16000) * 1000, 2)
     return {"video": Path(row["path"]).name, "frames": n, "ms_per_frame": res,
-            "wall_ms_per_frame": {k: round(v / n * 1000, 2) for k, v in wall.items()}}
+            "wall_ms_per_frame": {k: round(v / n * 1000, 2) for k, v in wall.items() if k in res}}
 
 
 def stages_all(rows) -> dict:
@@ -236,7 +243,7 @@ def run(a) -> dict:
         if not a.no_mesh:
             r["mesh_1_worker"] = end_to_end(rows, MESH, 1)
             print(f"[{name}] faces+mesh x1: {r['mesh_1_worker']}", flush=True)
-        r["stages"] = stages(rows[0])
+        r["stages"] = stages(rows[0], mesh=not a.no_mesh)
         r["stages_all"] = stages_all(rows)
         print(f"[{name}] stages over the set: {r['stages_all']}", flush=True)
         print(f"[{name}] stages: {r['stages']}", flush=True)
