@@ -121,8 +121,9 @@ def profile_inline(rows, extractors) -> dict:
             "begin_video (claim, temp folder)": ("writer.py", "begin_video"),
             "VideoWriter.append (buffers; whole chunks written)": ("writer.py", "append"),
             "VideoWriter.commit (last write, rename, fsync, manifest)": ("writer.py", "commit"),
-            "VideoWriter._store (zarr encodes in memory)": ("writer.py", "_store"),
-            "VideoWriter._persist (its files written)": ("writer.py", "_persist"),
+            "VideoWriter._store (chunks encoded and written)": ("writer.py", "_store"),
+            "VideoWriter._store_metadata (zarr.json, once at commit)": ("writer.py", "_store_metadata"),
+            "Announcer.flush (per batch: fsync dir, manifest lines)": ("writer.py", "flush"),
             "manifest append": ("writer.py", "_announce"), "fsync dir": ("writer.py", "_fsync_dir"),
             "key state (done ids)": ("pipeline.py", "_plan_videos"),
             "featurize_video": ("pipeline.py", "featurize_video")}
