@@ -1,5 +1,4 @@
 """Readers: whole videos, the contiguous training path, key resolution and listings."""
-import time
 
 import numpy as np
 import pytest
@@ -91,19 +90,18 @@ def test_read_concat_refuses_unfinished_or_unknown_videos(store3):
         read_concat(root, EXT, handle.key, ["a"], arrays=("logits",))
 
 
-def test_read_concat_reads_many_videos_quickly(tmp_path):
+def test_read_concat_reads_many_videos(tmp_path):
+    """150 videos in one concatenation, each in its place (speed: benchmarks' windows section)."""
     handle = open_key(tmp_path)
     ids = [f"v{i:03d}" for i in range(150)]
     for i, vid in enumerate(ids):
         put(handle, vid, {"data": np.full((700, 64), i, np.float16), "mask": np.ones(700, bool),
                           "t": np.arange(700) / 30.0}, chunk=512)
-    start = time.perf_counter()
     cat = read_concat(tmp_path, EXT, handle.key, ids)
-    elapsed = time.perf_counter() - start
     assert cat.arrays["data"].shape == (105000, 64)
-    assert float(cat.arrays["data"][cat.offsets[77]:cat.offsets[78]].mean()) == 77.0
-    # one whole read per array: ~10 ms per video here; window-by-window reading is ~10x slower
-    assert elapsed < 15, f"read_concat took {elapsed:.1f}s for 150 videos"
+    assert list(cat.offsets[:3]) == [0, 700, 1400] and cat.offsets[-1] == 105000
+    for i in (0, 77, 149):
+        assert float(cat.arrays["data"][cat.offsets[i]:cat.offsets[i + 1]].mean()) == float(i)
 
 
 def test_resolve_key(tmp_path):
