@@ -184,9 +184,10 @@ def run(cfg: config.StudyConfig, store_root, run_dir, device=None, progress: boo
             delayed(_fold)(*unit_args(f, k), 1, train_folds, inner[f, k]) for f, k in units)
         unit_seconds = dict(zip(units, (o["seconds"] for o in out)))
     fold_seconds = {f: round(sum(v for (g, _), v in unit_seconds.items() if g == f), 1) for f in todo}
-    if members > 1:
-        for f in todo:
-            combine_members(fold_dirs[f], members)
+    if members > 1:    # every fold not yet combined (also one whose members all finished before a stop)
+        for f in folds:
+            if not (fold_dirs[f] / "metrics.json").is_file():
+                combine_members(fold_dirs[f], members)
     result = summarize(cfg, store_root, run_dir, folds, fold_of, rows)
     if merge_ids and cfg.task == "frames":
         result["merged"] = merge_folds(cfg, store_root, run_dir, folds, merge_ids, device, progress=progress)

@@ -268,6 +268,14 @@ def test_fold_members_average_their_probabilities(emodb_store, tmp_path):
         fm = json.loads((fold / "metrics.json").read_text())
         assert [x["seed"] for x in fm["members"]] == [x["seed"] for x in members]
         assert m["model"]["per_fold"][spk]["uar"] == pytest.approx(fm["test"]["model"]["uar"])
+    # stopped after a fold's members finished but before they were combined: resume combines
+    fold = run_dir / f"fold-{SPEAKERS[0]}"
+    (fold / "metrics.json").unlink()
+    (fold / "predictions_test.csv").unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in run_dir.glob("fold-*/member-*/best.pt")}
+    run_study(None, root, resume=run_dir, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in run_dir.glob("fold-*/member-*/best.pt")} == stamps
+    assert json.loads((run_dir / "metrics.json").read_text())["model"]["uar"] == pytest.approx(m["model"]["uar"])
     # predict: every fold's every member, averaged
     from experiments.predict import predict_video
 
