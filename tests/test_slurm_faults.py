@@ -59,7 +59,9 @@ def test_ctrl_c_of_the_cli_cancels_every_job_and_a_rerun_finishes_the_rest(slurm
     2 videos are done: exit 130, the CLI's one-line message and no traceback, none of the
     run's jobs pending or running 5 s later (and none completing 20 s later, KillWait=5);
     the same command again exits 0, skips what was done and commits each of the rest once."""
-    rows = _wav_corpus(tmp_path / "wavs", 30, seconds=60)
+    # 3-minute files (~1.5 s each): since the per-file cost fell (store writes, one container
+    # open) 30 one-minute files could all finish before the interrupt landed (exit 0 at load 5)
+    rows = _wav_corpus(tmp_path / "wavs", 30, seconds=180)
     store = tmp_path / "store"
     args = ["features", "--input", tmp_path / "wavs", "--store", store, "--extractors", ",".join(AUDIO),
             "--cluster", "slurm", "--cluster-config", EXAMPLE, "--quiet"]
