@@ -58,3 +58,15 @@ def test_logmel_matches_a_plain_computation():
     got = get_cached("logmel").extract(x, 16000)["data"].astype(np.float32)
     assert got.shape == (100, 64) and np.allclose(got, ref, atol=0.02)
     assert audio.n_frames(16000, 160) == 100 and audio.n_frames(16001, 160) == 101
+
+
+def test_blocked_mel_equals_one_call_frame_for_frame():
+    """mel_power in blocks (memory bounded on long audio) gives one call's frames: block edges
+    with and without the centre padding, a last block of 1 frame, within float32 rounding."""
+    rng = np.random.default_rng(3)
+    for n in (160 * 37 * 3 + 1, 160 * 37 * 2 - 5, 399):
+        x = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        whole = audio.mel_power(x, 16000, 400, 160, 400, 64, 0.0, 8000.0, block=10**9)
+        blocked = audio.mel_power(x, 16000, 400, 160, 400, 64, 0.0, 8000.0, block=37)
+        assert blocked.shape == whole.shape == (64, audio.n_frames(n, 160))
+        np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-9)
