@@ -21,6 +21,25 @@ def corpus(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def audio_store(corpus, tmp_path_factory):
+    """logmel and mfcc of the corpus, made once for the tests that train or plan on it (each
+    copies it: `store` below). Inline: these tests are about train/plan/predict, and each
+    used to featurize the same corpus on its own 1-worker cluster (~10-20 s apiece at load 5);
+    features itself is tested above and in test_faults.py."""
+    store = tmp_path_factory.mktemp("cli-store") / "store"
+    run("features", "--input", corpus, "--dataset", "demo", "--store", store,
+        "--extractors", "logmel,mfcc", "--scheduler", "inline", "--quiet")
+    return store
+
+
+@pytest.fixture
+def store(audio_store, tmp_path):
+    """A private copy of `audio_store` (a test may add keys or runs to it)."""
+    shutil.copytree(audio_store, tmp_path / "store", symlinks=True)
+    return tmp_path / "store"
+
+
 def test_features_then_rerun_ls_verify_export(corpus, tmp_path):
     store = tmp_path / "store"
     first = run("features", "--input", corpus, "--dataset", "demo", "--store", store,
@@ -64,14 +83,11 @@ def test_bad_file_is_named_and_the_batch_finishes(corpus, tmp_path):
     assert "done 1" in p.stdout
 
 
-def test_train_errors_are_clear(tmp_path, corpus):
+def test_train_errors_are_clear(tmp_path, store):
     runs = tmp_path / "runs"   # never the repo's own runs/
     p = run("train", "--exp", "no-such-study", "--store", tmp_path, "--runs", runs, ok=False)
     assert p.returncode == 2 and "demo" in p.stderr  # lists the studies that exist
 
-    store = tmp_path / "store"
-    run("features", "--input", corpus, "--dataset", "demo", "--store", store,
-        "--extractors", "mfcc", "--workers", 1, "--quiet")
     p = run("train", "--exp", "demo", "--store", store, "--runs", runs, ok=False)
     assert p.returncode == 2
     assert "missing_key" in p.stderr and "emocache features" in p.stderr  # the command to run
@@ -157,10 +173,7 @@ def test_studies_lists_every_shipped_study():
 
 
 @pytest.mark.slow
-def test_plan_names_every_missing_key_and_its_one_command_makes_them(corpus, tmp_path):
-    store = tmp_path / "store"
-    run("features", "--input", corpus, "--dataset", "demo", "--store", store,
-        "--extractors", "mfcc", "--workers", 1, "--quiet")
+def test_plan_names_every_missing_key_and_its_one_command_makes_them(store, tmp_path):
     p = run("plan", "--exp", "eri-demo", "--store", store)
     lines = p.stdout.splitlines()
     assert "1 present, 2 missing" in lines[0], p.stdout
@@ -172,7 +185,7 @@ def test_plan_names_every_missing_key_and_its_one_command_makes_them(corpus, tmp
     t = run("train", "--exp", "eri-demo", "--store", store, "--runs", tmp_path / "runs", ok=False)
     assert t.returncode == 2 and "needs 2 feature key(s)" in t.stderr and "fer" in t.stderr and "mesh" in t.stderr
 
-    argv = shlex.split(cmds[0])[1:] + ["--workers", "1", "--quiet"]
+    argv = shlex.split(cmds[0])[1:] + ["--scheduler", "inline", "--quiet"]
     run(*argv)
     again = run("plan", "--exp", "eri-demo", "--store", store).stdout
     assert "3 present, 0 missing" in again and "ready: emocache train --exp eri-demo" in again
@@ -202,10 +215,15 @@ def test_features_is_quiet_by_default_and_v_shows_the_native_logs(tmp_path):
 def test_two_workers_close_without_the_nanny_killing_them_on_a_busy_machine(corpus, tmp_path):
     """A 2-worker local run while every core is busy: the workers used to spend 11-14 s (load
     12-16) in the interpreter's final garbage collection, past the nanny's grace, which killed
-    them with `Worker process still alive after 24.0 seconds, killing`."""
+    them with `Worker process still alive after 24.0 seconds, killing`. Two of the corpus's
+    videos, one a worker: the exit's cost is the models each worker loaded, not the videos."""
+    media = tmp_path / "media"
+    media.mkdir()
+    for name in ("demo_00.mp4", "demo_01.mp4"):
+        (media / name).symlink_to(corpus / "videos" / name)
     burn = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
     try:
-        p = run("features", "--input", corpus, "--dataset", "demo", "--store", tmp_path / "s",
+        p = run("features", "--input", media, "--dataset", "generic", "--store", tmp_path / "s",
                 "--extractors", "faces,mesh,fer,mfcc", "--workers", 2, "--quiet")
     finally:
         for b in burn:
@@ -243,10 +261,7 @@ def test_a_video_without_faces_is_named_in_the_summary_and_in_ls(corpus, tmp_pat
 
 
 @pytest.mark.slow
-def test_predict_prints_each_path_once_one_not_media_line_and_the_demo_warning(corpus, tmp_path):
-    store = tmp_path / "store"
-    run("features", "--input", corpus, "--dataset", "demo", "--store", store,
-        "--extractors", "mfcc", "--workers", 1, "--quiet")
+def test_predict_prints_each_path_once_one_not_media_line_and_the_demo_warning(corpus, store, tmp_path):
     study = tmp_path / "tiny.yaml"
     study.write_text(TINY)
     t = run("train", "--exp", study, "--store", store, "--runs", tmp_path / "runs")
@@ -276,14 +291,11 @@ def test_predict_prints_each_path_once_one_not_media_line_and_the_demo_warning(c
 
 
 @pytest.mark.slow
-def test_train_ablate_with_three_seeds_reports_fusion_modalities_and_mean_sd(corpus, tmp_path):
+def test_train_ablate_with_three_seeds_reports_fusion_modalities_and_mean_sd(store, tmp_path):
     """`emocache train --ablate --seeds 3` on the demo corpus (one epoch): per-seed runs with
     their modality runs, the aggregate report with mean ± sd, and a clear error for bad seeds."""
     import json
 
-    store = tmp_path / "store"
-    run("features", "--input", corpus, "--dataset", "demo", "--store", store,
-        "--extractors", "logmel,mfcc", "--workers", 1, "--quiet")
     study = tmp_path / "tiny.yaml"
     study.write_text(TINY.replace("visual: [{extractor: mfcc}]", "visual: [{extractor: logmel}]"))
     runs = tmp_path / "runs"
