@@ -324,7 +324,9 @@ def run(cfg: config.StudyConfig, store_root, run_dir, fit_one) -> dict | None:
     result["ablation"] = ab
     write_json(result, metrics_path)
     plot(ab, run_dir / "ablation.png")
-    (run_dir / "report.md").write_text(report_text(result))
+    from store.writer import atomic_write_text
+
+    atomic_write_text(run_dir / "report.md", report_text(result))   # never half a report after a crash
     print(ab["flag"] or f"ablation: the fusion beats its best single modality ({ab['line']})")
     print(f"report: {run_dir / 'report.md'}")
     return ab

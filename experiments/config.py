@@ -315,7 +315,10 @@ def load(study, overrides=()) -> StudyConfig:
 
 
 def dump(cfg: StudyConfig, path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    from store.writer import atomic_write_text
+
+    # a resume reads it back: a crash mid-write must leave the old file or the new, not half
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def _build(cls, raw, where):

@@ -194,7 +194,9 @@ def run(cfg: config.StudyConfig, store_root, run_dir, device=None, progress: boo
     result["seconds"] = round(time.time() - t_start, 1)
     result["fold_seconds"] = fold_seconds
     write_json(result, run_dir / "metrics.json")
-    (run_dir / "report.md").write_text(report_text(result))
+    from store.writer import atomic_write_text
+
+    atomic_write_text(run_dir / "report.md", report_text(result))   # never half a report after a crash
     _print(result, run_dir)
     return run_dir
 

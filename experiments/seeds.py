@@ -129,7 +129,9 @@ def run(cfg: config.StudyConfig, run_dir, fit_one) -> Path:
         out["ablation"]["methods"] = list(means)
     write_json(out, run_dir / "metrics.json")
     plot(out, run_dir / "seeds.png")
-    (run_dir / "report.md").write_text(report_text(out))
+    from store.writer import atomic_write_text
+
+    atomic_write_text(run_dir / "report.md", report_text(out))   # never half a report after a crash
     print(f"{len(seeds)} seeds: report {run_dir / 'report.md'}")
     return run_dir
 
