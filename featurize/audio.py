@@ -18,7 +18,10 @@ process otherwise.
 """
 from __future__ import annotations
 
+import importlib.util
+import sys
 import threading
+import types
 import warnings
 from dataclasses import dataclass
 
@@ -37,6 +40,50 @@ def _check(samples, sr, cfg_sr):
     if sr != cfg_sr:
         raise ValueError(f"expected audio at {cfg_sr} Hz, got {sr} Hz (read_audio(path, sr={cfg_sr}))")
     return x
+
+
+# librosa.core.audio's optional resamplers (lazy_loader.load at its import); neither is installed
+_OPTIONAL_RESAMPLERS = ("samplerate", "resampy")
+
+
+class _Absent(types.ModuleType):
+    """An optional module that is not installed: any use raises ModuleNotFoundError, as the
+    stand-in lazy_loader would have made does."""
+
+    def __getattr__(self, name):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        raise ModuleNotFoundError(f"No module named '{self.__name__}'", name=self.__name__)
+
+
+def import_librosa():
+    """librosa with the feature functions logmel and mfcc call already imported.
+
+    Why the stand-ins: librosa.core.audio asks lazy_loader for `samplerate` and `resampy`;
+    for a module that is not installed, lazy_loader calls inspect.stack() to word its later
+    error, which reads the source of every frame on the (deep, mid-import) stack: 2.0 of the
+    3.5 CPU-s of a fresh process's first logmel+mfcc call here (cProfile; load 2). While
+    librosa imports, each absent resampler is an `_Absent` module in sys.modules (removed
+    after), which lazy_loader returns as it is; librosa never resamples here (decode.read_audio
+    does, with PyAV), and if it did it would get the same ModuleNotFoundError."""
+    if "librosa.core.audio" not in sys.modules:
+        stubs = {}
+        for name in _OPTIONAL_RESAMPLERS:
+            if name not in sys.modules and importlib.util.find_spec(name) is None:
+                stubs[name] = sys.modules[name] = _Absent(name)
+        try:
+            import librosa
+
+            for f in ("melspectrogram", "mfcc", "delta"):
+                getattr(librosa.feature, f)
+            librosa.power_to_db
+        finally:
+            for name, mod in stubs.items():
+                if sys.modules.get(name) is mod:
+                    del sys.modules[name]
+    import librosa
+
+    return librosa
 
 
 # Frames per STFT block in mel_power (41 s at a 10 ms hop).
@@ -58,7 +105,7 @@ def mel_power(x: np.ndarray, sr: int, n_fft: int, hop: int, win: int, n_mels: in
     call within float32 rounding (pocketfft and BLAS group columns by the array's width: <= 3e-8
     apart), after float16 storage on a 10-min signal: logmel identical, mfcc 594 of 2.34 M
     values one float16 step apart (tests/test_audio_features.py)."""
-    import librosa
+    librosa = import_librosa()
 
     if len(x) == 0:
         x = np.zeros(1, np.float32)
@@ -182,7 +229,7 @@ class Logmel(_Audio):
 
 
 def _delta(m: np.ndarray, width: int, order: int) -> np.ndarray:
-    import librosa
+    librosa = import_librosa()
 
     T = m.shape[1]
     w = min(width, T if T % 2 else T - 1)
@@ -198,8 +245,7 @@ class Mfcc(_Audio):
     Config = MfccConfig
 
     def extract(self, samples: np.ndarray, sr: int) -> dict[str, np.ndarray]:
-        import librosa
-
+        librosa = import_librosa()
         c = self.config
         m = self._mel(samples, sr)
         mf = librosa.feature.mfcc(S=librosa.power_to_db(m), n_mfcc=c.n_mfcc)

@@ -188,11 +188,11 @@ class Faces(Extractor):
     libraries = ("mediapipe", "opencv-contrib-python", "av")
 
     def __init__(self, config: FacesConfig | None = None):
-        from .quiet import native_stderr_off
+        from .quiet import import_mediapipe, native_stderr_off
 
         super().__init__(config)
         with native_stderr_off():   # TFLite/absl banners on fd 2; a blank frame makes the graph print them now
-            import mediapipe as mp
+            mp = import_mediapipe()
 
             self._det = mp.solutions.face_detection.FaceDetection(
                 model_selection=self.config.model_selection,

@@ -47,13 +47,13 @@ class Mesh(Extractor):
         self._n = 0
 
     def _new(self):
-        from .quiet import native_stderr_off
+        from .quiet import import_mediapipe, native_stderr_off
 
         if self._fm is not None:
             self._fm.close()
         c = self.config
         with native_stderr_off():   # TFLite/absl banners on fd 2; a blank crop makes the graph print them now
-            import mediapipe as mp
+            mp = import_mediapipe()
 
             fm = mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=c.static, max_num_faces=1, refine_landmarks=False,

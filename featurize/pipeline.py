@@ -1023,7 +1023,10 @@ def _load_models(specs) -> int:
     """Build each extractor once in this worker process (registry.get_cached keeps it)."""
     _worker_setup()
     registry = _load_registry()
-    for s in specs:
+    # audio first: building logmel/mfcc starts librosa's import on a thread (featurize/audio.py
+    # _warm_in_background), which then runs beside torch's and mediapipe's loads here (its
+    # llvmlite calls release the GIL) instead of inside the first video
+    for s in sorted(specs, key=lambda s: s.kind != "audio"):
         registry.get_cached(s.name, s.config)
     _pin_threads()
     return os.getpid()

@@ -11,6 +11,7 @@ only, never a video's processing.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
 
@@ -41,3 +42,41 @@ def native_stderr_off():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(null)
+
+
+
+class _DeferredModule(type(sys)):
+    """A module whose real import runs on its first missing attribute (then it holds the real
+    module's names). Not importlib.util.LazyLoader: Python 3.11's import statement reads
+    `__spec__` of a module already in sys.modules, which makes a LazyLoader module load at
+    once; here `__spec__` is a plain attribute."""
+
+    def __getattr__(self, name):
+        real = sys.modules.get(self.__name__)
+        if real is self or real is None:
+            del sys.modules[self.__name__]
+            real = importlib.import_module(self.__name__)
+        self.__dict__.update({k: v for k, v in vars(real).items() if k != "__spec__"})
+        return getattr(real, name)
+
+
+def import_mediapipe():
+    """`import mediapipe`, with matplotlib.pyplot deferred until something uses it.
+
+    Why: mediapipe/__init__ imports solutions.drawing_utils, which imports pyplot at its top
+    for drawing helpers no extractor calls: 1.05 of mediapipe's 1.80 s import (-X importtime,
+    load 5), in every worker that loads faces or mesh, before its first video. The stand-in
+    runs pyplot's real import on its first attribute use, so code that does draw still gets
+    the real pyplot (and `import matplotlib.pyplot` after that use gets the real module)."""
+    if "mediapipe" not in sys.modules and "matplotlib.pyplot" not in sys.modules:
+        try:
+            spec = importlib.util.find_spec("matplotlib.pyplot")
+        except ImportError:
+            spec = None
+        if spec is not None:
+            stub = _DeferredModule("matplotlib.pyplot")
+            stub.__spec__ = spec
+            sys.modules["matplotlib.pyplot"] = stub
+    import mediapipe
+
+    return mediapipe

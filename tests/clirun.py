@@ -36,3 +36,13 @@ def emocache(*args, ok: bool = True, timeout: float = 600, env: dict | None = No
     if ok and p.returncode != 0:
         raise AssertionError(f"emocache {' '.join(map(str, args))} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
     return p
+
+
+def fresh_python(code: str, timeout: float = 120) -> str:
+    """`code` in a fresh interpreter (for what happens at import time); its stdout, stripped.
+    A non-zero exit fails the test with its stderr."""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                       env=_env(None))
+    if p.returncode != 0:
+        raise AssertionError(f"python -c exited {p.returncode}\n{p.stderr[-3000:]}")
+    return p.stdout.strip()

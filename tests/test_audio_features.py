@@ -70,3 +70,22 @@ def test_blocked_mel_equals_one_call_frame_for_frame():
         blocked = audio.mel_power(x, 16000, 400, 160, 400, 64, 0.0, 8000.0, block=37)
         assert blocked.shape == whole.shape == (64, audio.n_frames(n, 160))
         np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-9)
+
+
+def test_absent_resamplers_stay_absent_after_librosa_imports():
+    """import_librosa's stand-ins for the uninstalled resamplers are gone from sys.modules
+    afterwards, and librosa's handles on them still raise ModuleNotFoundError when used."""
+    from clirun import fresh_python
+
+    code = ("import importlib.util, sys\n"
+            "from featurize import audio\n"
+            "lib = audio.import_librosa()\n"
+            "import librosa.core.audio as a\n"
+            "for name in audio._OPTIONAL_RESAMPLERS:\n"
+            "    if importlib.util.find_spec(name) is not None: continue\n"
+            "    assert name not in sys.modules, name\n"
+            "    try: getattr(a, name).resample\n"
+            "    except ModuleNotFoundError as e: assert e.name == name\n"
+            "    else: raise AssertionError(name)\n"
+            "print(lib.feature.melspectrogram.__name__)\n")
+    assert fresh_python(code) == "melspectrogram"
