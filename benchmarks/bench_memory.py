@@ -4,8 +4,10 @@ Each video is featurized (decode+faces+fer+logmel+mfcc, the pipeline's featurize
 worker runs it) in a fresh interpreter; the figure is its peak resident set while it works on
 the video (VmHWM reset after the models are loaded: loading them peaks above any video, so
 ru_maxrss read 1,743.8 MB for both lengths and could not show growth). Frames stream in
-batches; the audio is decoded whole (16 kHz float32: 38 MB for 10 minutes), so that is the
-part expected to grow with length. --fps keeps the generated video cheap to encode (frames
+batches; the audio is decoded whole (16 kHz float32: 38 MB for 10 minutes, ~96 MB at the
+end of read_audio's concatenation), the part that still grows with length. Its STFT used to
+as well (librosa held 96 + 48 + 48 MB for 10 minutes: ratio 1.251, 2026-12-02-5ee1199);
+featurize/audio.py mel_power now works in 41 s blocks: 1.065 (2026-12-02-2e290c3). --fps keeps the generated video cheap to encode (frames
 stream whatever their number; the length in seconds is what audio memory follows).
 """
 from __future__ import annotations

@@ -110,8 +110,9 @@ def test_sigkill_during_writes_loses_nothing(corpus, reference, tmp_path):
     - renamed: a video folder renamed into place, its manifest line not yet appended,
     - random: 0-8 ms after the nth (1-3) temp folder appeared (renames, manifest appends...).
 
-    The run is stopped (SIGSTOP) for each look at the store and killed while stopped, so the
-    state it dies in is the state the test saw. Why targeted kills, not more random ones: a
+    Once its first temp folder is on disk, the run is stopped (SIGSTOP) for each look at the
+    store and killed while stopped, so the state it dies in is the state the test saw (the
+    first write lasts 0.4-0.9 s: zarr's import, so the unstopped polling before it sees it). Why targeted kills, not more random ones: a
     write lasts 30-120 ms now (logmel and mfcc of a 4 s clip), and 5 random kills on 6 runs
     cost 149 s in the full suite (each run ~8-25 s of start-up at load 4-12) yet could all
     miss the rename-to-manifest window; 3 targeted kills cover each state in 4 runs.
@@ -133,6 +134,9 @@ def test_sigkill_during_writes_loses_nothing(corpus, reference, tmp_path):
             seen: set = set()
             state = None
             while target and p.poll() is None and time.monotonic() < deadline:
+                if not seen and not {t.name for t in temps(store)} - before:
+                    time.sleep(0.002)   # start-up runs free: stepped, it took 1.5x as long
+                    continue
                 os.killpg(p.pid, signal.SIGSTOP)
                 new = {t.name: t for t in temps(store) if t.name not in before}
                 seen |= set(new)

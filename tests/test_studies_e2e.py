@@ -54,7 +54,7 @@ def backbone_params(weights: Path, source: str | None = None) -> list[str]:
 
 def features(input_path, store, dataset, extractors, params, name=None):
     args = ["features", "--input", input_path, "--dataset", dataset, "--store", store,
-            "--extractors", ",".join(extractors), "--scheduler", "inline", "--quiet"]
+            "--extractors", ",".join(extractors), "--workers", 1, "--quiet"]
     if name:
         args += ["--name", name]
     for p in params:
