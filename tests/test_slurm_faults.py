@@ -61,7 +61,8 @@ def test_ctrl_c_of_the_cli_cancels_every_job_and_a_rerun_finishes_the_rest(slurm
     the same command again exits 0, skips what was done and commits each of the rest once."""
     # 3-minute files (~1.5 s each): since the per-file cost fell (store writes, one container
     # open) 30 one-minute files could all finish before the interrupt landed (exit 0 at load 5)
-    rows = _wav_corpus(tmp_path / "wavs", 30, seconds=180)
+    # 60, not 30: after the start-up and STFT cuts of 2026-12-02 all 30 finished before it once more
+    rows = _wav_corpus(tmp_path / "wavs", 60, seconds=180)
     store = tmp_path / "store"
     args = ["features", "--input", tmp_path / "wavs", "--store", store, "--extractors", ",".join(AUDIO),
             "--cluster", "slurm", "--cluster-config", EXAMPLE, "--quiet"]
