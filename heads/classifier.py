@@ -17,9 +17,9 @@ import torch.nn as nn
 from .layers import PreNormEncoder, masked_mean, sinusoidal_positions
 from .tcn import TemporalConvNet
 
-__all__ = ["SequenceClassifier", "MelCNN", "AttentiveStats", "masked_stats", "STATS"]
+__all__ = ["SequenceClassifier", "MelCNN", "AttentiveStats", "masked_stats", "masked_slope", "STATS"]
 
-STATS = ("mean", "std", "p10", "p50", "p90")
+STATS = ("mean", "std", "p10", "p50", "p90", "slope")
 
 
 class DilatedConvEncoder(nn.Module):
@@ -80,6 +80,21 @@ def masked_quantiles(h: torch.Tensor, mask: torch.Tensor | None, qs) -> list[tor
     return out
 
 
+def masked_slope(h: torch.Tensor, mask: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
+    """[B, T, C] -> [B, C]: least-squares slope over time (per step) of each channel on the
+    valid steps: openSMILE's linregc1. Why: on EmoDB (LOSO, per-speaker z-scored log-mel +
+    MFCC + ComParE LLDs, pooled by 4) a logistic regression on mean/std/p10/p90 scored UAR
+    0.826, 0.845 with the slope added (0.812 -> 0.820 with a linear SVM). Fewer than two
+    valid steps give 0."""
+    b, t, _ = h.shape
+    m = (torch.ones(b, t, device=h.device) if mask is None else mask.to(h.dtype))[..., None]
+    steps = torch.arange(t, device=h.device, dtype=h.dtype)[None, :, None]
+    n = m.sum(1, keepdim=True).clamp_min(1.0)
+    dt = (steps - (steps * m).sum(1, keepdim=True) / n) * m
+    dh = (h - (h * m).sum(1, keepdim=True) / n) * m
+    return (dt * dh).sum(1) / (dt * dt).sum(1).clamp_min(eps)
+
+
 def masked_stats(h: torch.Tensor, mask: torch.Tensor | None, stats=("mean", "std")) -> torch.Tensor:
     """[B, T, C] -> [B, len(stats) * C]: the named statistics (`STATS`) over the valid steps,
     side by side in the order given: the head's own functionals of its input."""
@@ -88,8 +103,10 @@ def masked_stats(h: torch.Tensor, mask: torch.Tensor | None, stats=("mean", "std
         raise ValueError(f"unknown statistics {unknown}: choose from {STATS}")
     ms = masked_mean_std(h, mask)
     have = {"mean": ms[:, :h.shape[2]], "std": ms[:, h.shape[2]:]}
-    qs = [s for s in stats if s.startswith("p")]
+    qs = [s for s in stats if s[0] == "p" and s[1:].isdigit()]
     have.update(zip(qs, masked_quantiles(h, mask, [int(s[1:]) / 100 for s in qs])))
+    if "slope" in stats:
+        have["slope"] = masked_slope(h, mask)
     return torch.cat([have[s] for s in stats], dim=-1)
 
 
