@@ -174,3 +174,34 @@ def test_opensmile_functionals_are_cached_per_file(shared_data, tmp_path):
     again = egemaps_functionals(wavs, "egemaps", cache_dir=cache)
     assert len(list(cache.rglob("*.npy"))) == 3
     np.testing.assert_allclose(again[0], first[1], rtol=1e-6)
+
+
+def test_stats_experts_train_apart_and_predict_their_mean_probability():
+    """stats_fusion experts: in training two logits (each gets its own loss); in eval the log
+    of their mean probability, i.e. an ensemble of the encoder and the statistics classifier."""
+    x, mask = _batch()
+    torch.manual_seed(0)
+    net = SequenceClassifier(20, 7, encoder="conv", hidden=16, depth=2, pool="meanstd",
+                             input_stats=["mean", "std", "slope"], stats_fusion="experts")
+    enc, side = net.train()(x, mask)
+    assert enc.shape == side.shape == (6, 7)
+    (enc.logsumexp(-1).sum() + side.logsumexp(-1).sum()).backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+    net.eval()
+    with torch.no_grad():
+        net.training = True                 # top module only: both experts without dropout
+        enc, side = net(x, mask)
+        net.training = False
+        out = net(x, mask)
+    torch.testing.assert_close(out.softmax(-1), (enc.softmax(-1) + side.softmax(-1)) / 2)
+    with pytest.raises(ValueError, match="stats_fusion"):
+        SequenceClassifier(20, 7, encoder="conv", input_stats=True, stats_fusion="mean")
+
+
+def test_slope_statistic_is_the_least_squares_slope_over_valid_steps():
+    x, mask = _batch()
+    got = masked_stats(x, mask, ("slope",))
+    for i, n in ((0, 20), (1, 50)):
+        v = x[i, :n].double().numpy()
+        want = np.polyfit(np.arange(n), v, 1)[0]
+        np.testing.assert_allclose(got[i].numpy(), want, rtol=1e-3, atol=1e-4)

@@ -305,14 +305,16 @@ class ClipClassificationTask(ClipTask):
         return y >= 0
 
     def loss(self, out, b):
-        if isinstance(out, tuple):   # AV-CPNet: L(out) + L(out_audio) + L(out_visual)
-            return sum(self._loss(o, b, self) for o in out)
+        # a tuple: each item its own loss, summed (AV-CPNet: out, out_audio, out_visual; the
+        # sequence head's stats experts: encoder, statistics)
+        outs = out if isinstance(out, tuple) else (out,)
         if "mix" in b:               # data.mixup: the blend's loss against both labels
             from heads.augment import mixup_loss
 
             perm, lam = b["mix"]
-            return mixup_loss(lambda o, y: self._loss(o, {**b, "y": y}, self), out, b["y"], perm, lam)
-        return self._loss(out, b, self)
+            return sum(mixup_loss(lambda o, y: self._loss(o, {**b, "y": y}, self), o, b["y"], perm, lam)
+                       for o in outs)
+        return sum(self._loss(o, b, self) for o in outs)
 
     def _scores(self, logits_or_labels, true):
         return evaluate.classification_metrics(logits_or_labels, true, self.classes)
