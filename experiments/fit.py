@@ -163,6 +163,12 @@ def finish(setup: Setup, model, state: State, monitor: str) -> dict:
     run_dir, task, cfg = setup.run_dir, setup.task, setup.cfg
     if (run_dir / BEST).is_file():   # the selected weights (train.select last: the final epoch's)
         load_weights(model, run_dir / BEST, setup.device)
+    if getattr(model, "stats_refit", 0):   # the sequence head's statistics expert, fitted to convergence
+        if not hasattr(task, "refit_stats"):
+            raise InputError("<config>", "bad_config", f"head.args.stats_refit with task {cfg.task}",
+                             fix="use it with clip_classification, or remove it")
+        task.refit_stats(model)
+        save_weights(model, run_dir / BEST)    # what predict and ablations load
     out = {"study": cfg.name, "task": cfg.task, "monitor": monitor, "best_epoch": state.best_epoch,
            "epochs_run": state.epoch, "seed": cfg.seed, "select": cfg.train.select,
            "model_selected_on_test": selected_on_test(cfg)}

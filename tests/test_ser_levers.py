@@ -205,3 +205,24 @@ def test_slope_statistic_is_the_least_squares_slope_over_valid_steps():
         v = x[i, :n].double().numpy()
         want = np.polyfit(np.arange(n), v, 1)[0]
         np.testing.assert_allclose(got[i].numpy(), want, rtol=1e-3, atol=1e-4)
+
+
+def test_refit_stats_is_scikit_learns_logistic_regression():
+    """stats_refit: the statistics expert after refit_stats predicts what
+    LogisticRegression(C) on standardised statistics predicts."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    torch.manual_seed(0)
+    x = torch.randn(60, 30, 5) + torch.arange(3).repeat(20)[:, None, None] * 0.3
+    y = torch.arange(3).repeat(20)
+    net = SequenceClassifier(5, 3, encoder="conv", hidden=8, depth=1, pool="meanstd",
+                             input_stats=["mean", "std", "slope"], stats_fusion="experts", stats_refit=0.1)
+    feats = net.utterance_stats(x)
+    net.refit_stats(feats, y, C=net.stats_refit)
+    got = net.eval().stats(feats).softmax(-1).detach().numpy()
+    f = StandardScaler().fit_transform(feats.double().numpy())
+    want = LogisticRegression(C=0.1, tol=1e-8, max_iter=5000).fit(f, y.numpy()).predict_proba(f)
+    np.testing.assert_allclose(got, want, atol=2e-3)
+    with pytest.raises(ValueError, match="stats_refit"):
+        SequenceClassifier(5, 3, encoder="conv", input_stats=True, stats_refit=0.1)

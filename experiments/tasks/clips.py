@@ -327,6 +327,17 @@ class ClipClassificationTask(ClipTask):
             out[f"accuracy_{name.split('_')[1]}_only"] = metrics.accuracy(logits, pred.true)
         return out
 
+    def refit_stats(self, model) -> None:
+        """The sequence head's statistics expert refitted on the whole training clips (no crop,
+        no noise): head.args.stats_refit (heads.classifier.SequenceClassifier.refit_stats)."""
+        if self.form != "concat":
+            raise InputError("<config>", "bad_config", "head.args.stats_refit needs the sequence head",
+                             fix="remove stats_refit from head.args")
+        feats = [model.utterance_stats(b["x"][0], b["masks"][0])
+                 for b in (self.batch("train", sel, train=False) for sel in self._eval_batches("train"))]
+        y = self.y_all[torch.as_tensor(self.role_rows["train"], device=self.device)]
+        model.refit_stats(torch.cat(feats), y, C=model.stats_refit)
+
     def majority(self) -> int:
         y = self.y_all[torch.as_tensor(self.role_rows["train"], device=self.device)]
         return int(torch.bincount(y, minlength=len(self.classes)).argmax())
