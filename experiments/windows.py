@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from heads.layers import pool_frames  # noqa: F401  (the clip tasks' frame_pool; the sequence head's too)
+
 
 def window_starts(n: int, window: int = 300, hop: int = 200) -> list[int]:
     """Starts of the windows of one video of ``n`` frames.
@@ -159,28 +161,6 @@ def segment_pool(x: torch.Tensor, mask: torch.Tensor, n_segments: int = 16):
     count = w.sum(1, keepdim=True)
     tokens = (w @ x) / count.clamp(min=1)
     return tokens, count[:, 0] > 0
-
-
-def pool_frames(x: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masked mean over every ``k`` consecutive steps: [B, T, D] -> [B, ceil(T/k), D].
-
-    Why: a clip-level label needs no 10 ms resolution, and k-fold fewer steps make a
-    convolutional head k times cheaper. A pooled step is valid when any of its frames is.
-    The pad copy is skipped when T is a multiple of k, and the multiply by the mask when
-    every frame is valid on the CPU (x * 1 is x, so the sums are the same bits): the two
-    were ~40 % of EmoDB's data path per batch (32 x 200 x 103, CPU).
-    """
-    b, t = mask.shape
-    pad = -t % k
-    if pad:
-        mask = torch.nn.functional.pad(mask, (0, pad))
-        x = torch.nn.functional.pad(x, (0, 0, 0, pad))
-    m = mask.reshape(b, -1, k).to(x.dtype)
-    xp = x.reshape(b, -1, k, x.shape[-1])
-    n = m.sum(-1)
-    if pad or x.is_cuda or not bool(mask.all()):
-        xp = xp * m[..., None]
-    return xp.sum(2) / n.clamp_min(1)[..., None], n > 0
 
 
 def recut(x: torch.Tensor, mask: torch.Tensor, tokens: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:

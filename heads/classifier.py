@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .layers import PreNormEncoder, masked_mean, sinusoidal_positions
+from .layers import PreNormEncoder, masked_mean, pool_frames, sinusoidal_positions
 from .tcn import TemporalConvNet
 
 __all__ = ["SequenceClassifier", "MelCNN", "AttentiveStats", "masked_stats", "masked_slope", "STATS"]
@@ -201,6 +201,11 @@ class SequenceClassifier(nn.Module):
     on the statistics fused with the conv head's probabilities): 0.866-0.881 vs 0.836-0.854.
     ``stats_refit`` C > 0 (experts only): after training the fit loop replaces the branch by a
     converged logistic regression (`refit_stats`): 0.855 mean of 3 seeds with ComParE LLDs.
+    ``frame_pool`` k > 1: the encoder sees masked means of every k input frames
+    (`heads.layers.pool_frames`, as ``data.frame_pool`` would give), the statistics branch the
+    frames themselves. Why: on EmoDB (LOSO, ComParE LLDs) the refitted statistics expert scored
+    UAR 0.835 on frames pooled by 4 and 0.847 on the 10 ms frames, and the experts' ensemble
+    0.852-0.860 vs 0.864-0.866 (3 seeds, offline, the same encoders).
     ``mel_bands`` > 0: a `MelCNN` 2-D front end on the first that many input dims
     (``cnn_channels``, ``cnn_blocks``), its projection of width ``hidden`` feeding the encoder.
     """
@@ -209,8 +214,11 @@ class SequenceClassifier(nn.Module):
                  heads: int = 4, kernel_size: int = 3, dropout: float = 0.1, pool: str = "mean",
                  multiscale: bool = False, input_stats: bool = False, mel_bands: int = 0,
                  cnn_channels: int = 16, cnn_blocks: int = 3, stats_dropout: float = 0.5,
-                 stats_fusion: str = "sum", stats_refit: float = 0.0):
+                 stats_fusion: str = "sum", stats_refit: float = 0.0, frame_pool: int = 1):
         super().__init__()
+        if int(frame_pool) < 1:
+            raise ValueError(f"frame_pool must be >= 1, not {frame_pool!r}")
+        self.frame_pool = int(frame_pool)
         if stats_fusion not in ("sum", "experts"):
             raise ValueError(f"stats_fusion must be 'sum' or 'experts', not {stats_fusion!r}")
         if stats_refit and (stats_fusion != "experts" or not input_stats):
@@ -259,7 +267,11 @@ class SequenceClassifier(nn.Module):
         if mask is not None:
             mask = mask.to(torch.bool)
             x = x * mask.unsqueeze(-1).to(x.dtype)  # no padded values leak into causal convs
-        raw = x
+        raw, raw_mask = x, mask
+        if self.frame_pool > 1:
+            full = mask if mask is not None else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            x, mask = pool_frames(x, full, self.frame_pool)
+            mask[:, 0] |= ~mask.any(1)     # a clip with no valid frame keeps one (zero) step
         if self.front is not None:
             x = self.front(x, mask)
             if mask is not None:
@@ -278,7 +290,7 @@ class SequenceClassifier(nn.Module):
         logits = self.fc(self.drop(self.norm(pooled)))
         if self.stats is None:
             return logits
-        side = self.stats(self.utterance_stats(raw, mask))
+        side = self.stats(self.utterance_stats(raw, raw_mask))
         if self.stats_fusion == "sum":
             return logits + side.to(logits.dtype)
         if self.training:

@@ -226,3 +226,29 @@ def test_refit_stats_is_scikit_learns_logistic_regression():
     np.testing.assert_allclose(got, want, atol=2e-3)
     with pytest.raises(ValueError, match="stats_refit"):
         SequenceClassifier(5, 3, encoder="conv", input_stats=True, stats_refit=0.1)
+
+
+def test_head_frame_pool_feeds_the_encoder_pooled_frames_and_the_statistics_the_frames():
+    """head.args.frame_pool k: the encoder's logits equal those of the same head fed
+    ``pool_frames(x, k)`` (data.frame_pool), while the statistics come from the unpooled frames."""
+    from heads.layers import pool_frames
+
+    x, mask = _batch()
+    x = x[:, :47]                      # T not a multiple of 4: the tail step pools 3 frames
+    mask = mask[:, :47]
+    torch.manual_seed(0)
+    args = dict(encoder="conv", hidden=16, depth=2, pool="meanstd")
+    inner = SequenceClassifier(20, 7, frame_pool=4, **args).eval()
+    outer = SequenceClassifier(20, 7, **args).eval()
+    outer.load_state_dict(inner.state_dict())
+    xp, mp = pool_frames(x * mask[..., None], mask, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(inner(x, mask), outer(xp, mp))
+        net = SequenceClassifier(20, 7, frame_pool=4, input_stats=["p90"], stats_fusion="experts", **args).eval()
+        net.training = True                 # top module only: both experts' logits, no dropout
+        _, side = net(x, mask)
+        want = net.stats(masked_stats(x, mask, ("p90",)))
+    torch.testing.assert_close(side, want)
+    assert not torch.allclose(masked_stats(x, mask, ("p90",)), masked_stats(xp, mp, ("p90",)))
+    with pytest.raises(ValueError, match="frame_pool"):
+        SequenceClassifier(20, 7, frame_pool=0, **args)
