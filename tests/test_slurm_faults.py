@@ -62,9 +62,9 @@ def test_ctrl_c_of_the_cli_cancels_every_job_and_a_rerun_finishes_the_rest(slurm
     # 3-minute files (~1.5 s each): since the per-file cost fell (store writes, one container
     # open) 30 one-minute files could all finish before the interrupt landed (exit 0 at load 5)
     # 60, not 30: after the start-up and STFT cuts of 2026-12-02 all 30 finished before it once more
-    # 9-minute files, not 3 (hard links of one wav: no disk cost): with Dask's profiler off the run
-    # ended before the interrupt again (exit 0, twice in full suites at load 3-6); each file now
-    # takes ~4 s, so the whole run outlasts this loop's squeue polls by minutes
+    # 9-minute files, not 3 (hard links of one wav: no disk cost): each takes ~4 s, so the run
+    # outlasts this loop's squeue polls by minutes. (The silent exit 0 below was first taken for
+    # the run finishing first; it came back with these files, so that was not its cause.)
     rows = _wav_corpus(tmp_path / "wavs", 60, seconds=540)
     store = tmp_path / "store"
     args = ["features", "--input", tmp_path / "wavs", "--store", store, "--extractors", ",".join(AUDIO),
