@@ -318,23 +318,7 @@ def slurm_client(cluster):
 
     client = Client(cluster)
     client.register_plugin(GracefulLifetime())
-    keep_ctrl_c()
     return client
-
-
-def keep_ctrl_c() -> None:
-    """In the main thread: SIGINT back to Python's KeyboardInterrupt when dask_jobqueue's
-    `sys.exit()` handler holds it. Why: `emocache features --cluster slurm` still exited 0 with no
-    message on Ctrl-C in full test suites (3 times on 2026-12-02) although `_jobqueue` restores
-    the handler around its import; checked again here once the cluster runs."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return
-    now = signal.getsignal(signal.SIGINT)
-    if callable(now) and str(getattr(now, "__module__", "") or "").startswith("dask_jobqueue"):
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def array_script(cfg: SlurmConfig, shards: int, features_args: list[str], log_directory=None) -> str:

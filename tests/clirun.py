@@ -4,6 +4,7 @@ experiments.cli`; OMP_NUM_THREADS=1 so parallel tests do not oversubscribe 2 cor
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,10 +21,19 @@ def _env(env: dict | None) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def emocache_popen(*args, env: dict | None = None, **popen) -> subprocess.Popen:
-    """Started, not waited for (to kill it, or run several at once); stdout/stderr piped."""
+    """Started, not waited for (to kill it, interrupt it, or run several at once); stdout/stderr
+    piped. SIGINT is back to its default in the child, as in a terminal: a suite started in the
+    background (`cmd &` in a script, which CI runners and nohup'd jobs do) ignores SIGINT and its
+    children inherit that, so a Ctrl-C test's SIGINT did nothing and the run finished (exit 0):
+    the "silent exit 0" seen only in full suites on 2026-12-02 (Python keeps an inherited
+    SIG_IGN instead of installing KeyboardInterrupt)."""
     return subprocess.Popen(command() + [str(a) for a in args], env=_env(env), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **popen)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint, **popen)
 
 
 def emocache(*args, ok: bool = True, timeout: float = 600, env: dict | None = None,

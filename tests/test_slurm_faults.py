@@ -63,8 +63,7 @@ def test_ctrl_c_of_the_cli_cancels_every_job_and_a_rerun_finishes_the_rest(slurm
     # open) 30 one-minute files could all finish before the interrupt landed (exit 0 at load 5)
     # 60, not 30: after the start-up and STFT cuts of 2026-12-02 all 30 finished before it once more
     # 9-minute files, not 3 (hard links of one wav: no disk cost): each takes ~4 s, so the run
-    # outlasts this loop's squeue polls by minutes. (The silent exit 0 below was first taken for
-    # the run finishing first; it came back with these files, so that was not its cause.)
+    # outlasts this loop's squeue polls by minutes.
     rows = _wav_corpus(tmp_path / "wavs", 60, seconds=540)
     store = tmp_path / "store"
     args = ["features", "--input", tmp_path / "wavs", "--store", store, "--extractors", ",".join(AUDIO),
@@ -86,11 +85,6 @@ def test_ctrl_c_of_the_cli_cancels_every_job_and_a_rerun_finishes_the_rest(slurm
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
     t_end = time.monotonic()
-    if p.returncode == 0 and "interrupted" not in err:
-        # open bug (seen 3 times in full suites on 2026-12-02, never alone): the CLI exits 0 with no
-        # message, as if SIGINT hit dask_jobqueue's sys.exit() handler; reported as a skip with the
-        # reason, not a pass, until found (featurize.cluster.keep_ctrl_c is the latest guard)
-        pytest.skip(f"known open bug: Ctrl-C under SLURM exited 0 silently ({err.strip()[-200:]!r})")
     assert p.returncode == 130, (p.returncode, err[-2000:])
     assert err.strip().splitlines()[-1] == ("emocache features: interrupted; finished videos are kept, "
                                             "re-run to resume"), err[-2000:]
