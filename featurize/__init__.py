@@ -10,5 +10,5 @@ import warnings
 warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated",
                         category=UserWarning)
 
-from featurize import audio, backbone, faces, fer, mesh, opensmile  # noqa: E402,F401  (register extractors)
+from featurize import audio, backbone, faces, fer, mesh, opensmile, prosody  # noqa: E402,F401  (register extractors)
 from featurize.registry import get, get_cached, names, parse_config, resolve_key  # noqa: E402,F401

@@ -228,7 +228,9 @@ class Logmel(_Audio):
         return self._out(np.log(np.maximum(m, self.config.floor)).T)
 
 
-def _delta(m: np.ndarray, width: int, order: int) -> np.ndarray:
+def delta_features(m: np.ndarray, width: int, order: int) -> np.ndarray:
+    """librosa deltas of [D, T] along time, the width shortened to fit short clips (zeros
+    below 3 frames): mfcc's and prosody's."""
     librosa = import_librosa()
 
     T = m.shape[1]
@@ -251,7 +253,7 @@ class Mfcc(_Audio):
         mf = librosa.feature.mfcc(S=librosa.power_to_db(m), n_mfcc=c.n_mfcc)
         parts = [mf]
         if c.deltas:
-            parts += [_delta(mf, c.delta_width, 1), _delta(mf, c.delta_width, 2)]
+            parts += [delta_features(mf, c.delta_width, 1), delta_features(mf, c.delta_width, 2)]
         return self._out(np.concatenate(parts, axis=0).T)
 
 

@@ -59,8 +59,8 @@ def emodb_store(shared_data, tmp_path_factory):
     rows = datasets.build("labelled-csv", csv_path, root=shared_data / "emodb" / "wav")
     assert [r["video_id"] for r in rows] == [r["video_id"] for r in picked]
     write_manifest(rows, root, "labelled-csv")
-    summary = run_features(rows, root, ["logmel", "mfcc"], scheduler="inline", progress=False)
-    assert summary.failed_total == 0 and summary.done == 2 * len(rows)
+    summary = run_features(rows, root, ["logmel", "mfcc", "prosody"], scheduler="inline", progress=False)
+    assert summary.failed_total == 0 and summary.done == 3 * len(rows)
     return root, rows
 
 

@@ -46,12 +46,14 @@ def _cases(weights):
     holds one config per extractor (the pipeline's unit)."""
     bb = f"weights: {weights}, arch: tiny_cnn, size: 32, device: cpu"
     defaults = [("faces", "{}", None), ("mesh", "{}", None), ("fer", "{}", None),
-                ("backbone", "{" + bb + "}", None), ("logmel", "{}", None), ("mfcc", "{}", None)]
+                ("backbone", "{" + bb + "}", None), ("logmel", "{}", None), ("mfcc", "{}", None),
+                ("prosody", "{}", None)]
     changed = [("faces", "{margin: 0.3}", None),
                ("mesh", "{min_confidence: 0.4}", "{faces: {margin: 0.3}}"),
                ("fer", "{batch: 8}", "{faces: {margin: 0.3}}"),
                ("backbone", "{" + bb + ", batch: 3}", "{faces: {margin: 0.3}}"),
-               ("logmel", "{n_mels: 32}", None), ("mfcc", "{n_mfcc: 20, deltas: false}", None)]
+               ("logmel", "{n_mels: 32}", None), ("mfcc", "{n_mfcc: 20, deltas: false}", None),
+               ("prosody", "{f0_min: 75.0, deltas: false}", None)]
     # whole frames, written with the old name `on` that YAML 1.1 reads as True
     frames = [("backbone", "{" + bb + ", on: frames}", None), ("mesh", "{static: false}", None)]
     return [defaults, changed, frames]

@@ -18,7 +18,7 @@ def test_all_extractors_register_without_heavy_imports():
     code = ("import sys, featurize; print(featurize.names()); "
             "print(sorted(m for m in ('torch','mediapipe','librosa','cv2','av','opensmile') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.splitlines() == ["['backbone', 'faces', 'fer', 'logmel', 'mesh', 'mfcc', 'opensmile']", "[]"]
+    assert out.splitlines() == ["['backbone', 'faces', 'fer', 'logmel', 'mesh', 'mfcc', 'opensmile', 'prosody']", "[]"]
 
 
 def test_configs_are_frozen_dataclasses():

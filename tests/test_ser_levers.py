@@ -207,6 +207,23 @@ def test_slope_statistic_is_the_least_squares_slope_over_valid_steps():
         np.testing.assert_allclose(got[i].numpy(), want, rtol=1e-3, atol=1e-4)
 
 
+def test_mean_abs_delta_statistic_counts_only_pairs_of_valid_steps():
+    x, mask = _batch()
+    mask[1, 7:] = False
+    mask[2, 10] = False                     # a hole: the pairs (9, 10) and (10, 11) do not count
+    got = masked_stats(x, mask, ("dabs", "p25", "p75"))
+    for i in (0, 1, 2):
+        v, m = x[i].double().numpy(), mask[i].numpy()
+        pair = m[1:] & m[:-1]
+        want = np.abs(np.diff(v, axis=0))[pair].mean(0)
+        np.testing.assert_allclose(got[i, :x.shape[2]].numpy(), want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got[i, x.shape[2]:].numpy(),
+                                   np.percentile(v[m], [25, 75], axis=0).reshape(-1), rtol=1e-4, atol=1e-4)
+    mask[3] = False
+    mask[3, 5] = True                       # one valid step, no valid pair: zeros, not NaN
+    assert masked_stats(x, mask, ("dabs",))[3].abs().max() == 0
+
+
 def test_refit_stats_is_scikit_learns_logistic_regression():
     """stats_refit: the statistics expert after refit_stats predicts what
     LogisticRegression(C) on standardised statistics predicts."""
