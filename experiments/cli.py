@@ -381,14 +381,17 @@ def parse(argv=None):
 def configure_logging(verbose: bool) -> None:
     """Quiet by default, set before anything imports mediapipe or starts a worker (workers
     inherit the environment): featurize.quiet keeps TFLite/absl banners off fd 2 unless
-    EMOCACHE_VERBOSE; Dask's own INFO lines stay at WARNING unless -v."""
+    EMOCACHE_VERBOSE; Dask's own INFO lines stay at WARNING unless -v. Why WARNING is set
+    here: distributed's default is INFO, and on Ctrl-C of a SLURM run the cancelled jobs'
+    comms closing printed `distributed.batched - INFO - Batched Comm Closed` with a
+    traceback under the CLI's one-line message (CI, 2026-12-03)."""
     import logging
 
     from featurize.quiet import VERBOSE_ENV
 
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
-        logging.getLogger("distributed").setLevel(logging.INFO)
+    logging.getLogger("distributed").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
