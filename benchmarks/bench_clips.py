@@ -82,6 +82,31 @@ def cli_features(folder: Path, store: Path, extractors: str) -> dict:
             "cpu_seconds_all_processes": round(ru.ru_utime + ru.ru_stime - c0, 2)}
 
 
+def fs_probe(folder: Path, n: int = 1000) -> dict:
+    """The store's file system, as the writer uses it: n folders of 3 array folders with a
+    zarr.json and one chunk file each (one key-video's folders and files), then removed.
+    Why: the pipeline's fixed cost per file is mostly these calls, and on this shared VM their
+    cost varied 8x within minutes (0.25-4.0 s of system CPU for 1000 on one ext4 disk, load
+    < 1, 2026-12-03), far more than any change to the code; the figure beside each run says
+    what the disk was doing then."""
+    root = Path(tempfile.mkdtemp(prefix="fs-probe-", dir=folder))
+    t0, c0 = time.perf_counter(), os.times()
+    for i in range(n):
+        d = root / f"v{i}"
+        d.mkdir()
+        for a in ("data", "mask", "t"):
+            (d / a).mkdir()
+            for f in ("zarr.json", "c.0.0"):
+                fd = os.open(d / a / f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.write(fd, b"x" * 300)
+                os.close(fd)
+    c1 = os.times()
+    out = {"ms_per_key_video": round((time.perf_counter() - t0) / n * 1000, 3),
+           "sys_cpu_ms_per_key_video": round((c1.system - c0.system) / n * 1000, 3)}
+    shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
 def in_process_audio(paths, cpu: bool = False) -> float:
     from featurize import registry
     from featurize.decode import read_audio
@@ -141,6 +166,7 @@ def audio_section(a, tmp: Path) -> dict:
     paths = cut_wavs(tmp / "wavs", a.audio_clips)
     seconds = sum(wave.open(str(p)).getnframes() / 16000 for p in paths)
     res = {"about": f"{len(paths)} clips cut from emodb (<= 3 s, {seconds:.0f} s of audio), logmel+mfcc"}
+    res["fs_probe_before (4 folders + 6 files)"] = fs_probe(tmp)
     res["in_process_s"] = round(in_process_audio(paths), 2)
     rows = datasets.build("generic", tmp / "wavs")
     t0 = time.perf_counter()
@@ -153,6 +179,7 @@ def audio_section(a, tmp: Path) -> dict:
                                                / res["cli_workers_1"]["cpu_seconds_all_processes"], 3)
     res["ratio_inline_vs_in_process"] = round(res["in_process_s"] / res["pipeline_inline_s"], 3)
     res["fixed_ms_per_file_inline"] = round((res["pipeline_inline_s"] - res["in_process_s"]) / len(paths) * 1000, 2)
+    res["fs_probe_after (4 folders + 6 files)"] = fs_probe(tmp)
     res["profile_inline_100_files"] = profile_inline(rows[:100], ["logmel", "mfcc"])
     return res
 

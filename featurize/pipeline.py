@@ -1027,10 +1027,7 @@ def _load_models(specs) -> int:
     """Build each extractor once in this worker process (registry.get_cached keeps it)."""
     _worker_setup()
     registry = _load_registry()
-    # audio first: building logmel/mfcc starts librosa's import on a thread (featurize/audio.py
-    # _warm_in_background), which then runs beside torch's and mediapipe's loads here (its
-    # llvmlite calls release the GIL) instead of inside the first video
-    for s in sorted(specs, key=lambda s: s.kind != "audio"):
+    for s in specs:
         registry.get_cached(s.name, s.config)
     _pin_threads()
     return os.getpid()
@@ -1045,7 +1042,7 @@ def close_cluster(cluster, grace: float = SHUTDOWN_GRACE_S) -> None:
     Why: `LocalCluster.close()` gives each worker process 4 s to exit, then kills it and
     logs `distributed.nanny - WARNING - Worker process still alive after 4.0 seconds,
     killing` — at the end of every local run here: a worker that has loaded torch, cv2,
-    librosa/numba and mediapipe took longer than that to tear its interpreter down on a
+    librosa/numba (logmel/mfcc used librosa until 2026-12-03) and mediapipe took longer than that to tear its interpreter down on a
     loaded 2-core machine (even an mfcc-only run). Nothing was wrong, so nothing should say so.
     Even this grace (24 s of it for the process) was not enough at load 16 (2 workers, 4 demo
     videos): the teardown was the interpreter's final garbage collection, which

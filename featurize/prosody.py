@@ -149,10 +149,10 @@ def prosody_llds(x: np.ndarray, cfg: ProsodyConfig, block: int | None = None) ->
 @register
 class Prosody(Extractor):
     name = "prosody"
-    version = "1"
+    version = "2"                        # 2: numpy deltas (featurize/dsp.py), not librosa's
     Config = ProsodyConfig
     input = "audio"
-    libraries = ("librosa", "numpy")     # librosa: the deltas (as mfcc's)
+    libraries = ("numpy",)
 
     def extract(self, samples: np.ndarray, sr: int) -> dict[str, np.ndarray]:
         c = self.config

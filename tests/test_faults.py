@@ -296,7 +296,7 @@ def test_damaged_store_is_refused_repaired_and_redone(tmp_path):
     run("demo-data", "--out", corpus, "--n", 4, "--seconds", 2)
     run(*features(corpus, store, "faces,mesh,fer,logmel,mfcc", "--scheduler", "inline"))
     mfcc = key_dirs(store)["mfcc"]
-    victim = mfcc / "demo_02" / "data" / "c" / "0" / "0"
+    victim = mfcc / "demo_02" / "data" / "c.0.0"
     victim.unlink()
     rc, out, err = run("train", "--exp", "demo", "--store", store, "--runs", tmp_path / "runs", ok=False)
     last = err.strip().splitlines()[-1]  # above it, at most the loading progress bar

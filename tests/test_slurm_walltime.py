@@ -23,7 +23,7 @@ LIFE, SHORTEST, STAGGER = 40, 20, 2
 
 
 # what a fresh job's worker does before its first video is under way: start Python, import
-# distributed's worker and our modules, librosa's feature code, numba's cached kernels
+# distributed's worker and our modules, the audio features' first call
 _STARTUP = """
 import distributed.cli.dask_worker, featurize.lifetime, featurize.pipeline
 import numpy as np

@@ -149,7 +149,7 @@ def _three(tmp_path):
 
 def test_readers_refuse_a_missing_chunk_file_instead_of_returning_zeros(tmp_path):
     handle = _three(tmp_path)
-    chunk = handle.path / "b" / "data" / "c" / "3" / "0"
+    chunk = handle.path / "b" / "data" / "c.3.0"
     assert chunk.is_file()
     chunk.unlink()
     with pytest.raises(InputError, match="1 of 7 chunk files missing") as e:
@@ -169,7 +169,7 @@ def test_readers_name_other_damage(tmp_path, harm):
         meta["shape"][0] = 64
         (vdir / "data" / "zarr.json").write_text(json.dumps(meta))
     elif harm == "garbled":
-        (vdir / "data" / "c" / "1" / "0").write_bytes(b"\x00garbage" * 3)
+        (vdir / "data" / "c.1.0").write_bytes(b"\x00garbage" * 3)
     elif harm == "no_array":
         shutil.rmtree(vdir / "mask")
     else:
@@ -181,7 +181,7 @@ def test_readers_name_other_damage(tmp_path, harm):
 
 def test_repair_retires_exactly_the_damaged_videos_and_deletes_nothing(tmp_path):
     handle = _three(tmp_path)
-    (handle.path / "b" / "data" / "c" / "2" / "0").unlink()
+    (handle.path / "b" / "data" / "c.2.0").unlink()
     good_a = tree_digest(handle.path / "a")
     lines = repair(tmp_path)
     assert len(lines) == 1 and "/b: retired" in lines[0]

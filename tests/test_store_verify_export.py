@@ -79,14 +79,14 @@ def test_verify_of_an_empty_root_is_clean(tmp_path):
 
 def test_deleted_chunk_file_is_found(good):
     root, handle, _ = good
-    os.remove(handle.path / "v1" / "data" / "c" / "1" / "0" / "0" / "0")
+    os.remove(handle.path / "v1" / "data" / "c.1.0.0.0")
     problems = verify(root)
     assert len(problems) == 1 and "v1/data" in problems[0] and "chunk files missing" in problems[0]
 
 
 def test_truncated_chunk_file_is_reported_not_raised(good):
     root, handle, _ = good
-    chunk = handle.path / "v2" / "box" / "c" / "0" / "0"
+    chunk = handle.path / "v2" / "box" / "c.0.0"
     chunk.write_bytes(chunk.read_bytes()[:7])
     problems = verify(root)
     assert len(problems) == 1 and "v2/box" in problems[0] and "unreadable" in problems[0]
