@@ -185,8 +185,9 @@ def load_cluster_config(path=None, overrides: dict | None = None) -> SlurmConfig
 def worker_env_exports(extra: dict | None = None) -> list[str]:
     """Job-script lines that give a SLURM worker the local workers' environment: the thread
     pins, and Dask's nanny config replaced so it does not export MALLOC_TRIM_THRESHOLD_
-    (dask_client's comment has the measurement), workers started with spawn."""
-    from featurize.pipeline import WORKER_ENV
+    (dask_client's comment has the measurement), workers started with spawn, and the slower
+    event-loop housekeeping of LOOP_CONFIG."""
+    from featurize.pipeline import LOOP_CONFIG, WORKER_ENV
 
     env = dict(WORKER_ENV)
     if os.environ.get("NUMBA_CACHE_DIR"):
@@ -199,6 +200,8 @@ def worker_env_exports(extra: dict | None = None) -> list[str]:
     lines.append("export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="
                  + shlex.quote(repr(dict(WORKER_ENV))))
     lines.append("export DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=spawn")
+    lines += [f"export DASK_{k.upper().replace('.', '__').replace('-', '_')}={shlex.quote(v)}"
+              for k, v in LOOP_CONFIG.items()]
     return lines
 
 
