@@ -93,8 +93,9 @@ def is_stale(path, info: dict | None, lease: float = DEFAULT_LEASE) -> bool:
 class Claim:
     """A held claim; `release()` removes the file only while it is still ours (token check)."""
 
-    def __init__(self, path: Path, token: str):
+    def __init__(self, path: Path, token: str, took_over: bool = False):
         self.path, self.token = path, token
+        self.took_over = took_over      # a dead writer's claim was broken for this one
         self._touched = time.monotonic()
         self.held = True
 
@@ -115,7 +116,7 @@ class Claim:
     def handover(self) -> "Claim":
         """The same claim for whoever finishes the work (store.writer.Announcer); this handle
         then lets go of nothing."""
-        other = Claim(self.path, self.token)
+        other = Claim(self.path, self.token, self.took_over)
         other._touched, other.held = self._touched, self.held
         self.held = False
         return other
@@ -137,12 +138,14 @@ def try_claim(key_path, video_id: str, lease: float = DEFAULT_LEASE) -> Claim | 
     pid = os.getpid()
     body = json.dumps({"video_id": video_id, "host": _hostname(), "pid": pid,
                        "started": _start_time(pid), "time": time.time(), "token": token}).encode()
+    broke = False
     for _ in range(3):
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             if not _break_if_stale(key_path, path, lease):
                 return None
+            broke = True
             continue
         try:
             # No fsync: a claim only has to outlive its writer's process, and the page cache
@@ -155,7 +158,7 @@ def try_claim(key_path, video_id: str, lease: float = DEFAULT_LEASE) -> Claim | 
             os.unlink(path)  # an empty claim would hold the video for TORN_GRACE
             raise
         os.close(fd)
-        return Claim(path, token)
+        return Claim(path, token, took_over=broke)
     return None
 
 

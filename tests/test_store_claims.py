@@ -81,6 +81,20 @@ def test_a_dead_writers_claim_expires_and_its_leftovers_are_cleared(tmp_path):
     assert sorted(p.name for p in handle.path.iterdir() if p.name.startswith(".")) == [".claims.lock"]
 
 
+def test_a_temp_left_after_the_handle_listed_its_folder_is_still_cleared(tmp_path):
+    """The key folder is listed once per handle; a writer that dies holding a claim after that
+    listing leaves a temp folder the listing never saw: breaking its claim lists again."""
+    handle = open_key(tmp_path)
+    write_video(handle, "first", 12)          # this handle has listed its folder now
+    for i in range(3):
+        write_video(handle, f"other{i}", 5)
+    _die_in_child(_claim_and_die, tmp_path, "v")
+    assert [p.name for p in handle.path.iterdir() if p.name.startswith(".tmp-v-")]
+    write_video(handle, "v", 12)
+    assert not any(p.name.startswith(".tmp-") for p in handle.path.iterdir())
+    assert read_video(tmp_path, EXT, handle.key, "v")[0]["data"].shape == (12, 4)
+
+
 def _fake_claim(handle, vid, host, age):
     path = handle.path / f"{CLAIM_PREFIX}{vid}"
     path.write_text(json.dumps({"video_id": vid, "host": host, "pid": 1, "time": time.time() - age,
