@@ -404,7 +404,7 @@ def _message(e: BaseException) -> str:
 
 
 def featurize_video(row: dict, specs: list[Spec], store_root, write: list[str] | None = None,
-                    keep_partial: bool = False, announcer=None) -> list[dict]:
+                    keep_partial: bool = False, announcer=None, handles: dict | None = None) -> list[dict]:
     """Featurize one video for `specs` (those still to do); returns one result per written
     extractor. `write` names the extractors whose keys are written (default all; `faces` may
     run only to make crops for a crop extractor whose faces key is already done).
@@ -414,13 +414,20 @@ def featurize_video(row: dict, specs: list[Spec], store_root, write: list[str] |
     has already finished counts as done (status "skipped", no error line); one that a live
     writer holds is waited for, then taken as that writer left it (done, or its error line)
     or, if the writer died, redone here. With a store.writer.Announcer the finished keys wait
-    there for their manifest lines (the caller flushes it: _announce_all)."""
+    there for their manifest lines (the caller flushes it: _announce_all). `handles`: a dict
+    one batch's videos share, {name: KeyHandle} filled here (a key's folder and provenance
+    checked once per batch, its folder listed once for leftovers: KeyHandle._remove_leftovers)."""
     from store.writer import FeatureStore
 
     store = FeatureStore(store_root)
     write = [s.name for s in specs] if write is None else list(write)
     by_name = {s.name: s for s in specs}
-    handles = {n: store.key(n, by_name[n].key, by_name[n].provenance) for n in write}
+    cache = {} if handles is None else handles
+    for n in write:
+        h = cache.get(n)
+        if h is None or h.key != by_name[n].key:
+            cache[n] = store.key(n, by_name[n].key, by_name[n].provenance)
+    handles = {n: cache[n] for n in write}
     vid = row["video_id"]
     results, pending = [], sorted(write)
     while pending:
@@ -827,11 +834,11 @@ def run_features(rows, store_root, extractors, overrides: dict | None = None, wo
 
             bar = _bar(len(todo), progress)
             for batch in batch_tasks([(r, n, w, None) for r, n, w in todo], 1):
-                announcer, results = Announcer(), []
+                announcer, results, batch_handles = Announcer(), [], {}
                 try:   # short audio files announced per batch, as in a Dask task (featurize_batch)
                     for row, need, write, _res in batch:
                         results.append(featurize_video(row, need, store_root, write, keep_partial,
-                                                       announcer if len(batch) > 1 else None))
+                                                       announcer if len(batch) > 1 else None, batch_handles))
                 finally:
                     _announce_all(announcer, results)
                 for r in results:
@@ -925,12 +932,12 @@ def featurize_batch(items, store_root, keep_partial: bool = False) -> list[tuple
     announced on its own, exactly as in its own task)."""
     from store.writer import Announcer
 
-    out, announcer = [], Announcer()
+    out, announcer, handles = [], Announcer(), {}
     try:
         for row, need, write in items:
             try:
                 out.append(("ok", featurize_video(row, need, store_root, write, keep_partial,
-                                                  announcer if len(items) > 1 else None)))
+                                                  announcer if len(items) > 1 else None, handles)))
             except Exception as e:  # noqa: BLE001  (recorded for this file by the client)
                 out.append(("error", f"task failed outside the extractors: {_message(e)}"))
     finally:
