@@ -99,9 +99,12 @@ def test_one_minute_walltime_loses_and_redoes_nothing(slurm, tmp_path):
     assert s.failed_total == 0, info
     assert s.skipped == FIRST * len(AUDIO) and s.done == (N - FIRST) * len(AUDIO), info
     # longer than one walltime: jobs retired and were replaced, none reached SLURM's kill
-    assert len(jobs) > cfg.maximum_jobs and s.retired >= len(jobs) - cfg.maximum_jobs, info
+    # (not every job retires: the adaptive cluster scancels jobs still pending or starting when
+    # it scales down, 4 of 15 on CI's idle machine once workers started faster; SLURM's kill
+    # shows as TIMEOUT, asserted below)
+    assert len(jobs) > cfg.maximum_jobs and s.retired > cfg.maximum_jobs, info
     assert s.lost == 0 and s.restarted == [], info       # no worker killed in use, no video started twice
-    assert not set(states.values()) & {"FAILED", "NODE_FAIL", "OUT_OF_MEMORY"}, info
+    assert not set(states.values()) & {"FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "TIMEOUT"}, info
     _assert_one_line_each(store, keys, rows)             # each video committed exactly once
     for name, key in keys.items():                       # the earlier ones untouched
         after = {m["video_id"]: m for m in manifest_rows(store, name, key)}
