@@ -8,7 +8,8 @@ Sections (all measured in one process, so their ratios hold on a busy machine):
            does); the trainer's path (read_concat once, then one gather per batch).
   heads    per study (abaw2 lfan, eri, avcpnet, emodb sequence): experiments.fit.train_epoch on
            a synthetic in-memory Corpus (the trainer's Task.batch per step) vs the same loop
-           whose Task.batch returns one batch made before the clock (no data path at all).
+           whose Task.batch returns the batch of the same samples made before the epoch (no data
+           path at all, the same content: the ceiling).
   scale    an abaw2 epoch (batch 256) on a 1/--scale-div slice of an Aff-Wild2-sized cache
            (2.8 M frames; 512 visual + 64 log-mel + 39 MFCC, float16 on disk): store -> corpus
            load time, epoch time, host RAM of training vs the bytes of the features.
@@ -57,10 +58,10 @@ def write_store(root: Path, videos: int, frames: int, dims: dict[str, int]) -> d
 
 def corpus_from_store(cfg, cs: dict, rng=None):
     """The trainer's Corpus from `read_concat` results, built as experiments.data.load_corpus
-    does (float16 from the store -> float32 tensors, one per modality of `cfg`, random labels)."""
+    does (float16 from the store stays float16, one tensor per modality of `cfg`, random labels)."""
     import torch
 
-    from experiments.data import Corpus, Modality
+    from experiments.data import Corpus, Modality, corpus_dtype
 
     rng = rng or np.random.default_rng(0)
     first = next(iter(cs.values()))
@@ -68,7 +69,8 @@ def corpus_from_store(cfg, cs: dict, rng=None):
     n = int(offsets[-1])
     mods = {}
     for (name, _specs), c in zip(cfg.features.items(), cs.values()):
-        x = torch.from_numpy(c.arrays["data"].reshape(n, -1).astype(np.float32))
+        d = c.arrays["data"]
+        x = torch.from_numpy(d.reshape(n, -1).astype(corpus_dtype(d.dtype), copy=False))
         mods[name] = Modality(name, x, torch.from_numpy(c.arrays["mask"].astype(bool)), [x.shape[1]])
     ids = list(first.video_ids)
     return Corpus(rows=[{"video_id": v, "labels": {}, "split": "train"} for v in ids], video_ids=ids,
@@ -148,7 +150,7 @@ def windows_section(a) -> dict:
     res = {"about": f"{a.videos} videos x {a.frames} frames, 300-frame windows (hop 200), batch {batch} (abaw2's); "
                     f"modalities {dims} float16 on disk; methods run in turns ({a.rounds} rounds of {a.burst} s "
                     "each) so load hits all alike; the trainer's path is experiments.tasks FrameTask.batch "
-                    "(features + labels + masks) on the float32 corpus load_corpus builds; the reference: "
+                    "(features + labels + masks) on the corpus load_corpus builds (float16 kept, float32 batches); the reference: "
                     "np.load(mmap_mode='c')[s:s+300] per window per modality, DataLoader num_workers=0 as the "
                     "ABAW2 code", "windows_per_s": {}}
     cfg = config.load("abaw2", [f"train.batch_size={batch}"])
@@ -208,7 +210,8 @@ STUDIES = {"abaw2": 3000, "eri": 150, "avcpnet": 480, "emodb": 280}   # frames p
 
 
 def synthetic_corpus(cfg, videos: int, frames: int, device, rng=None):
-    """An in-memory Corpus shaped like `cfg`'s features (widths from DIMS), random labels."""
+    """An in-memory Corpus shaped like `cfg`'s features (widths from DIMS, float16 as the
+    extractors store them), random labels."""
     import torch
 
     from experiments.data import Corpus, Modality
@@ -221,7 +224,7 @@ def synthetic_corpus(cfg, videos: int, frames: int, device, rng=None):
         widths = [DIMS.get(s.extractor, 64) if not (s.extractor == "mfcc" and s.params.get("n_mfcc"))
                   else int(s.params["n_mfcc"]) * (1 if s.params.get("deltas") is False else 3) for s in specs]
         g = torch.Generator(device=device).manual_seed(len(mods))
-        x = torch.randn(n, sum(widths), generator=g, device=device)
+        x = torch.randn(n, sum(widths), generator=g, device=device).half()   # as load_corpus keeps float16 features
         mods[name] = Modality(name, x, torch.ones(n, dtype=torch.bool, device=device), widths)
     lab = cfg.labels
     rows = []
@@ -240,10 +243,14 @@ def synthetic_corpus(cfg, videos: int, frames: int, device, rng=None):
                   labels=labels, features=[])
 
 
-def _step_times(task, model, cfg, device, premade: dict, steps: int, amp: bool = False) -> dict:
+def _step_times(task, model, cfg, device, steps: int, amp: bool = False) -> dict:
     """Seconds per optimizer step of experiments.fit.train_epoch, its Task.batch swapped per
-    step between the trainer's own and `premade` (real, pre-made, pre-made, real, ...: load
-    drifts and the accumulate cycle hit both alike). A step is the time from one batch() call
+    step between the trainer's own and a pre-made one (real, pre-made, pre-made, real, ...: load
+    drifts and the accumulate cycle hit both alike). The pre-made batches hold the samples that
+    step draws (the epoch's order replayed from a copy of its generator, made before the epoch):
+    a head's step time depends on what it is fed (against one fixed batch as the ceiling,
+    avcpnet measured 0.83-0.92 while its Task.batch takes 0.3 ms of a ~500 ms step; against
+    the same samples 0.97, 2026-12-03, load 0.5), so only the data path differs between kinds. A step is the time from one batch() call
     to the next inside one epoch, so it holds the data path, forward, backward and the
     optimizer; per kind the median, in CPU time of this process (what a neighbour's load
     does not inflate, as long as torch runs on one thread here) and in wall time; and the median
@@ -258,7 +265,18 @@ def _step_times(task, model, cfg, device, premade: dict, steps: int, amp: bool =
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     gen = torch.Generator().manual_seed(0)
     real = task.batch
+    n, bs = task.n_samples("train"), cfg.train.batch_size
     marks: list[tuple[str, float, float]] = []   # (kind, wall, cpu) at each batch() call of one epoch
+    premade: dict[int, tuple] = {}
+
+    def premake() -> None:
+        """The batches train_epoch will ask for at the pre-made steps (its order: randperm of gen)."""
+        g = torch.Generator()
+        g.set_state(gen.get_state())
+        order = torch.randperm(n, generator=g).to(device)
+        premade.clear()
+        premade.update({k: (order[lo:lo + bs], real("train", order[lo:lo + bs]))
+                        for k, lo in enumerate(range(0, n, bs)) if k % 4 in (1, 2)})
 
     def clock():
         if device.type == "cuda":
@@ -266,9 +284,15 @@ def _step_times(task, model, cfg, device, premade: dict, steps: int, amp: bool =
         return time.perf_counter(), time.process_time()
 
     def swapped(role, sel, *args, **kw):
-        kind = "real" if len(marks) % 4 in (0, 3) else "premade"
+        k = len(marks)
+        kind = "real" if k % 4 in (0, 3) else "premade"
         marks.append((kind, *clock()))
-        return real(role, sel, *args, **kw) if kind == "real" else premade
+        if kind == "real":
+            return real(role, sel, *args, **kw)
+        want, b = premade[k]
+        if not torch.equal(want, sel):
+            raise RuntimeError("train_epoch no longer draws randperm(n, generator=gen) batches: fix premake")
+        return b
 
     per = {"real": [], "premade": []}
     pairs = []                                      # (real, premade) steps next to each other
@@ -276,6 +300,7 @@ def _step_times(task, model, cfg, device, premade: dict, steps: int, amp: bool =
     try:
         for epoch in range(100):
             marks.clear()
+            premake()
             train_epoch(task, model, opt, scaler, gen, cfg, device)
             seq = [(kind, (w1 - w0, c1 - c0)) for j, ((kind, w0, c0), (_k, w1, c1))
                    in enumerate(zip(marks, marks[1:])) if epoch or j]     # the very first step warms up
@@ -316,9 +341,7 @@ def head_rates(study: str, device, steps: int = 8, overrides=(), amp: bool = Fal
     roles = {"train": list(range(videos)), "val": [0], "test": [1]}
     task = tasks.make(cfg, corpus, roles, device)
     model = task.build_model().to(device)
-    sel = torch.arange(min(bs, task.n_samples("train")), device=device)
-    premade = task.batch("train", sel)
-    t = _step_times(task, model, cfg, device, premade, steps, amp)
+    t = _step_times(task, model, cfg, device, steps, amp)
     clock = "s_wall" if device.type == "cuda" else "s_cpu"
     r, p = t["real"][clock], t["premade"][clock]
     pair = t["pair_ratio"]["wall" if device.type == "cuda" else "cpu"]
@@ -338,8 +361,8 @@ def heads_section(a) -> dict:
     import torch
 
     res = {"about": f"optimizer steps/s of experiments.fit.train_epoch per published study config on a "
-                    f"synthetic in-memory corpus, the trainer's Task.batch vs a pre-made batch (compute "
-                    f"ceiling) swapped per step, median of {a.head_steps} steps each; CPU fp32, torch threads "
+                    f"synthetic in-memory corpus, the trainer's Task.batch vs pre-made batches of the same "
+                    f"samples (compute ceiling) swapped per step, median of {a.head_steps} steps each; CPU fp32, torch threads "
                     "as in the header; the ratio in CPU time (load-proof), the wall ratio beside it"}
     for study in STUDIES:
         try:
@@ -353,7 +376,7 @@ def heads_section(a) -> dict:
 # ----------------------------------------------------------------------------- scale
 
 def scale_section(a) -> dict:
-    """abaw2 epoch on 1/scale_div of Aff-Wild2 (frames): store -> read_concat -> float32 corpus (as
+    """abaw2 epoch on 1/scale_div of Aff-Wild2 (frames): store -> read_concat -> corpus (float16 kept, as
     load_corpus) -> train_epoch, with the resident memory of each stage (this process only)."""
     import torch
 
@@ -384,9 +407,9 @@ def scale_section(a) -> dict:
         corpus = corpus_from_store(cfg, cs)
         res["read_and_corpus_s"] = round(time.perf_counter() - t0, 2)
     feature_bytes = sum(c.arrays["data"].nbytes for c in cs.values())
-    mem["peak_during_load (float16 read + float32 corpus)"] = peak_rss_since_mb()
+    mem["peak_during_load (read + corpus)"] = peak_rss_since_mb()
     del cs
-    mem["corpus_loaded (float16 freed)"] = rss_now_mb()
+    mem["corpus_loaded (read arrays released)"] = rss_now_mb()
     task = tasks.make(cfg, corpus, {"train": list(range(videos)), "val": [0], "test": [1]}, torch.device("cpu"))
     model = task.build_model()
     opt = make_optimizer(cfg.optim, model.parameters())
@@ -403,14 +426,14 @@ def scale_section(a) -> dict:
     res["steps"] = -(-res["windows"] // cfg.train.batch_size)
     res["windows_per_s"] = round(res["windows"] / res["epoch_s"], 1)
     res["feature_bytes_float16_mb"] = fb = round(feature_bytes / 1e6, 1)
-    res["corpus_float32_mb"] = cb = round(sum(m.x.nbytes for m in corpus.modalities.values()) / 1e6, 1)
+    res["corpus_mb"] = cb = round(sum(m.x.nbytes for m in corpus.modalities.values()) / 1e6, 1)
     res["peak_rss_mb"] = peak_rss_mb()
     res["ratio_peak_rss_to_feature_bytes"] = round(res["peak_rss_mb"] / fb, 2)
-    # what grows with the corpus is the float32 copy (2x the float16 bytes); imports and the
+    # what grows with the corpus is its in-memory copy (float16: the feature bytes); imports and the
     # batch-256 working set do not: the same sum at full Aff-Wild2 size
     full_fb, full_cb = fb * a.scale_div, cb * a.scale_div
     fixed = mem["after_imports"] + mem["epoch_working_set (peak - before: batch 256 activations, grads, optimizer)"]
-    res["full_size_estimate"] = {"feature_bytes_float16_mb": round(full_fb), "corpus_float32_mb": round(full_cb),
+    res["full_size_estimate"] = {"feature_bytes_float16_mb": round(full_fb), "corpus_mb": round(full_cb),
                                  "training_rss_mb (imports + corpus + working set)": round(fixed + full_cb),
                                  "ratio_to_feature_bytes": round((fixed + full_cb) / full_fb, 2)}
     res["full_size_epoch_s_extrapolated_cpu"] = round(res["epoch_s"] * a.scale_div, 1)

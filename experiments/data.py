@@ -39,7 +39,7 @@ class ResolvedFeature:
 @dataclass
 class Modality:
     name: str
-    x: torch.Tensor          # [N, D] float32, all videos concatenated on the grid
+    x: torch.Tensor          # [N, D] float16 where every feature is stored so, else float32; all videos on the grid
     mask: torch.Tensor       # [N] bool (every feature of the modality valid at that frame)
     widths: list[int]        # width of each feature, in config order
 
@@ -251,7 +251,7 @@ def load_corpus(cfg: StudyConfig, store_root, device=None, video_ids=None,
     for f in it:
         cat = read_concat(store_root, f.spec.extractor, f.key, vids, arrays=(f.spec.array, "mask", "t"))
         data = cat.arrays[f.spec.array]
-        data = data.reshape(len(data), -1).astype(np.float32)
+        data = data.reshape(len(data), -1).astype(corpus_dtype(data.dtype), copy=False)
         mask = cat.arrays["mask"].astype(bool)
         if f is grid:
             offsets, t_grid = cat.offsets.astype(np.int64), cat.arrays["t"].astype(np.float64)
@@ -335,13 +335,26 @@ def fit_norm(corpus: Corpus, videos) -> dict[str, torch.Tensor]:
     return stats
 
 
+def corpus_dtype(stored) -> np.dtype:
+    """float16 features stay float16 in memory (half the RAM, and a batch copy reads half the
+    bytes: see experiments.windows.gather); anything else becomes float32."""
+    return np.dtype(np.float16) if np.dtype(stored) == np.float16 else np.dtype(np.float32)
+
+
+def normalize_rows(x: torch.Tensor, mask: torch.Tensor, mean, std, rows: int = 65536) -> None:
+    """x[i] = (x[i] - mean) / std where mask[i], else 0; in place, computed in float32 per block
+    of `rows` (one rounding to x's dtype, and no float32 copy of a float16 corpus)."""
+    mean, std = mean.to(x.device, torch.float32), std.to(x.device, torch.float32)
+    for lo in range(0, len(x), rows):
+        blk = x[lo:lo + rows]
+        z = (blk.float() - mean) / std
+        blk.copy_(z.mul_(mask[lo:lo + rows, None]))
+
+
 def apply_norm(corpus: Corpus, stats: dict[str, torch.Tensor]) -> None:
     """In place; masked frames become 0 (the training mean), never raw values the model never saw."""
     for name, m in corpus.modalities.items():
-        mean = stats[f"{name}.mean"].to(m.x.device)
-        std = stats[f"{name}.std"].to(m.x.device)
-        m.x.sub_(mean).div_(std)
-        m.x.mul_(m.mask[:, None].to(m.x.dtype))
+        normalize_rows(m.x, m.mask, stats[f"{name}.mean"], stats[f"{name}.std"])
 
 
 def group_of(corpus: Corpus, field: str) -> list[str]:
@@ -374,6 +387,4 @@ def apply_group_norm(corpus: Corpus, stats: dict[str, torch.Tensor], field: str)
             if f"{key}.mean" not in stats:
                 raise InputError(corpus.video_ids[i], "bad_labels", f"no normalisation statistics for group {g!r}",
                                  fix="fit them on the corpus that holds this group (fit_group_norm)")
-            x = m.x[lo:hi]
-            x.sub_(stats[f"{key}.mean"].to(x.device)).div_(stats[f"{key}.std"].to(x.device))
-            x.mul_(m.mask[lo:hi, None].to(x.dtype))
+            normalize_rows(m.x[lo:hi], m.mask[lo:hi], stats[f"{key}.mean"], stats[f"{key}.std"])

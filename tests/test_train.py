@@ -164,10 +164,28 @@ def test_normalisation_uses_training_videos_only(syn):
     train = [0, 2, 3]
     stats = D.fit_norm(c, train)
     x = np.concatenate([c.modalities["visual"].x[c.offsets[v]:c.offsets[v + 1]].numpy()[
-        c.face[c.offsets[v]:c.offsets[v + 1]].numpy()] for v in train])
+        c.face[c.offsets[v]:c.offsets[v + 1]].numpy()] for v in train]).astype(np.float64)
     np.testing.assert_allclose(stats["visual.mean"].numpy(), x.mean(0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(stats["visual.std"].numpy(), x.std(0), rtol=1e-4, atol=1e-5)
     assert not np.allclose(D.fit_norm(c, [1, 4])["visual.mean"].numpy(), x.mean(0), atol=1e-3)
+
+
+def test_float16_features_stay_float16_and_normalise_within_one_rounding(syn):
+    from experiments import config as C, data as D
+
+    root, keys = syn
+    c = D.load_corpus(C.load(study_yaml(root / "d.yaml", keys)), root / "store", progress=False)
+    m = c.modalities["visual"]
+    assert m.x.dtype == torch.float16                 # the store's dtype: half the RAM of float32
+    raw = m.x.double().clone()
+    stats = D.fit_norm(c, [0, 2, 3])
+    D.apply_norm(c, stats)
+    ref = (raw - stats["visual.mean"].double()) / stats["visual.std"].double() * m.mask[:, None]
+    assert m.x.dtype == torch.float16
+    err = (m.x.double() - ref).abs()
+    assert float((err / ref.abs().clamp(min=2 ** -14)).max()) <= 2 ** -11 + 1e-6     # one float16 rounding
+    assert bool((m.x[~m.mask] == 0).all())
+    assert D.corpus_dtype(np.float32) == np.float32 and D.corpus_dtype(np.int16) == np.float32
 
 
 def test_missing_feature_key_stops_with_the_command_that_makes_it(syn):

@@ -131,7 +131,7 @@ class ClipTask(Task):
             hi = lo + int(self.table.length[i])
             ok = torch.ones(s, dtype=torch.bool, device=self.device)
             for k, m in self.corpus.modalities.items():
-                t, mk = windows.segment_pool(m.x[lo:hi], m.mask[lo:hi], s)
+                t, mk = windows.segment_pool(m.x[lo:hi].float(), m.mask[lo:hi], s)
                 toks[k].append(t)
                 ok &= mk
             ok[0] |= ~ok.any()
