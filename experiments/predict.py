@@ -51,8 +51,13 @@ def _extractor_overrides(cfg: config.StudyConfig) -> tuple[list[str], dict]:
 def predict_video(video_path, run_dir, out_dir=None, store_root=None, device=None) -> Path:
     """Returns the predictions CSV path (a PNG trace is written beside it).
 
+    Without ``store_root`` the video's features go to a temporary store that is removed when
+    the predictions are written (each predict used to leave one behind in the temp folder).
     A cross-validated run (``folds.test: all``: fold-*/ runs, no best.pt of its own) predicts
     with every fold model and merges them (see ``_predict_with_folds``)."""
+    if store_root is None:
+        with tempfile.TemporaryDirectory(prefix="emocache-predict-") as tmp:
+            return predict_video(video_path, run_dir, out_dir, tmp, device)
     from featurize.datasets.common import make_row
     from featurize.pipeline import run_features, write_manifest
 
@@ -73,7 +78,7 @@ def predict_video(video_path, run_dir, out_dir=None, store_root=None, device=Non
                          fix="give a runs/<exp>/<stamp> folder of a run that trained at least one epoch")
     cfg = config.load(run_dir / "config.yaml")
     dev = runinfo.pick_device(device)
-    store = Path(store_root) if store_root else Path(tempfile.mkdtemp(prefix="emocache-predict-"))
+    store = Path(store_root)
     out = Path(out_dir) if out_dir else run_dir / "predict"
     out.mkdir(parents=True, exist_ok=True)
 
@@ -153,8 +158,7 @@ def _predict_with_folds(video_path: Path, run_dir: Path, fold_runs, out_dir, sto
     traces by CCC centering as the ABAW2 protocol does, clip tasks average the fold outputs
     (class probabilities, or intensities) per frame. Per-fold CSVs stay in fold-<f>/."""
     out = Path(out_dir) if out_dir else run_dir / "predict"
-    store = Path(store_root) if store_root else Path(tempfile.mkdtemp(prefix="emocache-predict-"))
-    paths = [predict_video(video_path, d, out / d.name, store, device) for d in fold_runs]
+    paths = [predict_video(video_path, d, out / d.name, store_root, device) for d in fold_runs]
     merged = out / f"{video_path.stem}.csv"
     if config.load(run_dir / "config.yaml").task == "frames":
         merge_prediction_csvs(paths, merged)

@@ -289,6 +289,14 @@ def test_predict_prints_each_path_once_one_not_media_line_and_the_demo_warning(c
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and "not_media" in lines[0] and str(fake) in lines[0], bad.stderr
 
+    # without --store: the features go to a temporary store, gone once the CSV is written
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    run("predict", corpus / "videos" / "demo_02.mp4", "--run", run_dir, "--out", tmp_path / "pred3",
+        env={"TMPDIR": str(tmpdir)})
+    assert (tmp_path / "pred3" / "demo_02.csv").is_file()
+    assert not list(tmpdir.glob("emocache-predict-*")), list(tmpdir.iterdir())
+
 
 @pytest.mark.slow
 def test_train_ablate_with_three_seeds_reports_fusion_modalities_and_mean_sd(store, tmp_path):
