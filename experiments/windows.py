@@ -117,24 +117,30 @@ def gather(x: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> torch.Ten
     """x [N, ...] (float16 or float32) -> float32 [S, W, ...], padding zeroed.
 
     ``idx`` and ``valid`` are as `index_tensor` builds them: each row's valid positions are a
-    prefix of consecutive frames. On the CPU a row is then one contiguous slice, copied (and
-    widened from float16 in the same pass) straight into the batch: measured in one process
-    (8 windows x 300 frames x 615 dims from a 120,000-frame corpus, random starts, one thread,
-    load 0.5) 0.28-0.35 ms per batch from a float16 corpus against 0.41-0.62 ms for one
-    index_select over a float32 one; what is left is the memory bandwidth of reading 2 and
-    writing 4 bytes per value. Padding is written 0 after the copy (never ``* mask``: a NaN
-    in the frame a padded index points at would stay NaN). On CUDA one index_select and a
-    mask fill, without asking the host which rows are padded (that would stall the stream).
+    prefix of consecutive frames. On the CPU a wide row (>= 256 values per frame) is one
+    contiguous slice, copied and widened from float16 in the same pass straight into the batch;
+    narrow ones are one index_select and a cast (a copy call per window cost more than their
+    bytes). Measured in one process (abaw2's 512 + 64 + 39 dims, 8 random windows of 300 from
+    a 120,000-frame float16 corpus, one thread, load 0.7-1.0): 0.41-0.53 ms per batch, against
+    0.61-0.74 ms for index_select on the float32 corpus of before and 0.70-0.94 ms for
+    index_select + cast of all three. Padding is written 0 after the copy (never ``* mask``: a
+    NaN in the frame a padded index points at would stay NaN). On CUDA one index_select, a cast
+    and a mask fill, without asking the host which rows are padded (that would stall the stream).
     """
     s, w = idx.shape
     tail = tuple(x.shape[1:])
-    if x.is_cuda:
+    if x.is_cuda or x[:1].numel() < 256:
         out = x.index_select(0, idx.reshape(-1)).float()
-        out.masked_fill_(~valid.reshape((-1,) + (1,) * (out.dim() - 1)), 0)
+        pad = ~valid.reshape(-1)
+        if out.is_cuda:
+            out.masked_fill_(pad.reshape((-1,) + (1,) * (out.dim() - 1)), 0)
+        else:
+            rows = pad.nonzero().squeeze(1)
+            if len(rows):
+                out.index_fill_(0, rows, 0)
         return out.view((s, w) + tail)
     out = torch.empty((s, w) + tail, dtype=torch.float32)
-    starts, counts = idx[:, 0].tolist(), valid.sum(1).tolist()
-    for i, (lo, n) in enumerate(zip(starts, counts)):
+    for i, (lo, n) in enumerate(zip(idx[:, 0].tolist(), valid.sum(1).tolist())):
         out[i, :n].copy_(x[lo:lo + n])
         if n < w:
             out[i, n:].zero_()

@@ -60,12 +60,14 @@ def test_gather_widens_a_float16_corpus_in_the_copy():
     lengths = [450, 120, 300]
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     g = torch.Generator().manual_seed(0)
-    x16 = (torch.randn(int(offsets[-1]), 5, generator=g) * 100).half()
     idx, valid = index_tensor(window_table(lengths), offsets, width=300)
-    out = gather(x16, idx, valid)
-    assert out.dtype == torch.float32 and out.shape == (4, 300, 5)
-    assert torch.equal(out, gather(x16.float(), idx, valid))          # exact: every float16 is a float32
-    assert torch.equal(out[2, :120], x16[offsets[1]:offsets[2]].float()) and (out[2, 120:] == 0).all()
+    for dim in (5, 300):             # a narrow feature (index_select + cast) and a wide one (slice copies)
+        x16 = (torch.randn(int(offsets[-1]), dim, generator=g) * 100).half()
+        out = gather(x16, idx, valid)
+        assert out.dtype == torch.float32 and out.shape == (4, 300, dim)
+        assert torch.equal(out, x16.float()[idx] * valid[..., None])    # exact: every float16 is a float32
+        assert torch.equal(out[2, :120], x16[offsets[1]:offsets[2]].float()) and (out[2, 120:] == 0).all()
+        assert torch.equal(gather(x16.float(), idx, valid), out)
 
 
 def test_pool_frames_skips_the_mask_only_where_it_changes_nothing():

@@ -44,6 +44,7 @@ class FrameTask(Task):
         else:
             self.y = torch.full((len(corpus.frame_index), self.n_outputs), float("nan"), device=device)
         self.frame_ok = corpus.frame_valid(cfg.data.mask_no_face)
+        self._y_filled = torch.nan_to_num(self.y)       # what a batch carries (its mask says which count)
         table = windows.window_table(corpus.lengths, cfg.data.window, cfg.data.hop)
         self.idx, self.valid = {}, {}
         for role, vids in roles.items():
@@ -56,9 +57,10 @@ class FrameTask(Task):
     def batch(self, role, sel):
         idx, valid = self.idx[role][sel], self.valid[role][sel]
         xs = [windows.gather(m.x, idx, valid) for m in self.corpus.modalities.values()]
-        y = self.y[idx]
-        mask = valid & self.frame_ok[idx]
-        return {"x": xs, "y": torch.nan_to_num(y), "mask": mask, "idx": idx, "valid": valid}
+        flat = idx.reshape(-1)
+        y = self._y_filled.index_select(0, flat).view(idx.shape + self._y_filled.shape[1:])
+        mask = valid & self.frame_ok.index_select(0, flat).view(idx.shape)
+        return {"x": xs, "y": y, "mask": mask, "idx": idx, "valid": valid}
 
     @torch.no_grad()
     def predict(self, model, role):
