@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import json
 import re
 import shutil
@@ -28,7 +29,7 @@ from store.errors import InputError
 from . import config, data, runinfo
 from .checkpoints import LAST, write_json
 from .evaluate import classification_metrics
-from .fit import run_fold
+from .fit import release_freed_memory, run_fold
 from .folds import load_or_create
 from .merge import MERGE_FOLD, merge_folds
 from .prepare import fold_spec
@@ -71,7 +72,11 @@ def _fold(cfg_dict: dict, fold: str, store_root, fold_dir: str, device, threads:
         resume = (fold_dir / LAST).is_file() and (fold_dir / "config.yaml").is_file()
         if resume:     # the fold's own resolved config, as `--resume` reads it
             cfg = config.load(fold_dir / "config.yaml")
-        run_fold(cfg, store_root, fold_dir, device, resume=resume, progress=False)
+        try:
+            run_fold(cfg, store_root, fold_dir, device, resume=resume, progress=False)
+        finally:
+            gc.collect()
+            release_freed_memory()      # the next model starts from a small heap (see fit.release_freed_memory)
     return {"fold": fold, "seconds": round(time.time() - t0, 1)}
 
 

@@ -49,6 +49,26 @@ def keep_freed_memory(mmap_mb: int = 32, trim_mb: int = 256) -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_mb) << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, int(trim_mb) << 20))
 
 
+def release_freed_memory() -> bool:
+    """Hand the heap memory `keep_freed_memory` kept back to the OS (glibc malloc_trim).
+
+    Why: a process that trains several models in turn (a fold_jobs worker of
+    experiments.crossval) otherwise keeps its biggest model's peak as RSS; joblib's loky
+    reads that growth (> 300 MB over its first task) as a leak, stops the worker and starts
+    another (a re-import, and "UserWarning: A worker stopped while some jobs were given to the
+    executor" in the user's terminal: EmoDB's 30 models, 2026-12-03). Called after each model.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    return bool(trim(0))
+
+
 def train_epoch(task, model, opt, scaler, gen, cfg: config.StudyConfig, device, sched=None) -> float:
     """One pass over the training samples; ``sched`` (a per-batch schedule) steps with the optimiser."""
     model.train()

@@ -1,15 +1,16 @@
 """Window and segment tables over contiguous per-video tensors (no store, no model).
 
 Why a table: every video is loaded once into one contiguous tensor and a training window is
-just a row of an index tensor, so a whole batch is gathered with one copy per window and modality
-(one indexing op per modality on the GPU). Measured in turns in one process (benchmarks/bench_train.py,
-2 cores, load 14, 300-frame windows, batch 8, 512 + 64 + 39 dims): per-window Zarr reads 63
-windows/s (visual only), the ABAW2 code's np.load(mmap_mode='c') per window per modality
-under a DataLoader 76/s (429/s in CPU time), this path (FrameTask.batch: features, labels,
-masks) 814/s (4,465/s CPU): 10.8x wall, 10.4x CPU. What is left per batch is copying
-5.9 MB of float32 out of a corpus far larger than the caches (~1.1 ms at the memory
-bandwidth this shared machine gives one process); the reference is CPU-bound (numpy's
-float16 -> float32 cast and np.load, 2.3 ms per window).
+just a row of an index tensor, so a whole batch is gathered with one slice copy per window of a
+wide modality and one indexing op per narrow one (one per modality on the GPU). Measured in turns in one process
+(benchmarks/bench_train.py, 2 cores, load 0.8, 300-frame windows, batch 8, 512 + 64 + 39
+dims, 2026-12-03): per-window Zarr reads 141 windows/s (visual only), the ABAW2 code's
+np.load(mmap_mode='c') per window per modality under a DataLoader 775/s, this path
+(FrameTask.batch: features, labels, masks) 13,127/s: 16.9x wall, 16.3x CPU. What is left per
+batch (~0.6 ms) is moving the batch through memory: reading 2.9 MB of float16 out of a corpus
+far larger than the caches and writing 5.9 MB of float32, near the ~26 GB/s this machine
+gives one process (a copy at 2 bytes in, 4 out, per value; not measured with hardware counters); the reference is CPU-bound (np.load and
+numpy's float16 -> float32 cast per window).
 """
 from __future__ import annotations
 

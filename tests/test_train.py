@@ -358,3 +358,27 @@ def test_predict_video_featurizes_through_the_cache_and_writes_csv_and_png(tmp_p
         want = ccc_centering(np.stack([t[col] for t in folds]))
         np.testing.assert_allclose(table[col], want, atol=2e-5)
     assert merged.with_suffix(".png").is_file()
+
+
+def test_freed_memory_is_kept_between_steps_and_handed_back_after_a_model():
+    """keep_freed_memory keeps freed batch memory mapped (no page faults next step);
+    release_freed_memory hands it back, so a fold_jobs worker does not look like a leak to
+    joblib (which restarts a worker whose RSS grew 300 MB)."""
+    from clirun import fresh_python
+
+    code = (
+        "import os, numpy as np\n"
+        "from experiments.fit import keep_freed_memory, release_freed_memory\n"
+        "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') >> 20\n"
+        "assert keep_freed_memory()\n"
+        "base = rss()\n"
+        "blocks = [np.ones(1 << 17) for _ in range(200)]   # 200 x 1 MiB: each under the mmap threshold,\n"
+        "                                                  # all under the trim threshold (256 MiB)\n"
+        "held = rss()\n"
+        "del blocks\n"
+        "kept = rss()\n"
+        "assert release_freed_memory()\n"
+        "print(held - base, kept - base, rss() - base)\n")
+    held, kept, released = map(int, fresh_python(code).split())
+    assert held >= 190 and kept >= 180, (held, kept)
+    assert released <= 30, (held, kept, released)
