@@ -87,6 +87,31 @@ def _looks_bmff(p: Path) -> bool:
     return len(head) >= 8 and head[4:8] in _BMFF_BOXES
 
 
+# Containers whose header alone gives every stream parameter `probe` reads: opened with a
+# 4 KB probe and no stream analysis. FFmpeg's default probing (5 MB / 5 s, every demuxer's
+# probe) took 4.7 of a 3 s wav's ~10 ms (0.5 ms with these options) and 13.7 ms of a RAVDESS
+# mp4 (2.9 ms); probe(), read_audio and iter_frames gave identical results on the 68 shared
+# media files (wav, mp4, mov, mp3; 2026-12-03). Anything else (flv: no streams until packets
+# are read; mkv, ts, webm: rates from analysis) or a stream left incomplete is opened again
+# with FFmpeg's defaults.
+_HEADER_FORMATS = frozenset({"wav", "mov,mp4,m4a,3gp,3g2,mj2", "mp3"})
+_FAST_PROBE = {"probesize": "4096", "analyzeduration": "0"}
+
+
+def _header_complete(c) -> bool:
+    if c.format.name not in _HEADER_FORMATS or not (c.streams.video or c.streams.audio):
+        return False
+    for s in c.streams.audio:
+        cc = s.codec_context
+        if cc is None or not cc.sample_rate or not cc.channels:
+            return False
+    for s in c.streams.video:
+        cc = s.codec_context
+        if cc is None or not cc.width or not cc.height or not (s.average_rate or s.guessed_rate):
+            return False
+    return True
+
+
 def open_media(path):
     """av.open with the contract's errors. The container can be handed to probe and then to one
     of iter_frames / read_audio (the caller closes it): a second open of a short clip cost
@@ -94,6 +119,13 @@ def open_media(path):
     import av
 
     p = _check_file(path)
+    try:
+        c = av.open(str(p), options=_FAST_PROBE)
+        if _header_complete(c):
+            return c
+        c.close()
+    except av.error.FFmpegError:
+        pass                      # the default open below says what is wrong with the file
     try:
         return av.open(str(p))
     except av.error.FFmpegError as e:  # InvalidDataError, ... (moov atom not found, junk)

@@ -135,3 +135,25 @@ def test_edit_list_is_not_truncation(shared_data):
     rep = {}
     n = sum(len(f) for f, _ in decode.iter_frames(shared_data / FACE / "no_face.mp4", batch=128, report=rep))
     assert n == 95 and rep["partial"] is False
+
+
+def test_quick_open_reads_what_ffmpegs_full_probe_reads_and_falls_back_where_it_cannot(shared_data, tmp_path):
+    """wav / mp4 / mov / mp3 are opened with a 4 KB probe (their header says it all); flv
+    (streams found only in packets) and an mkv go through FFmpeg's full probe."""
+    import dataclasses
+
+    import av
+
+    d = shared_data
+    wav, flv = sorted(d.glob("emodb/**/*.wav"))[0], sorted(d.glob("cremad_av_samples/**/*.flv"))[0]
+    files = [wav, flv, sorted(d.glob("cremad_av_samples/**/*.mp3"))[0], sorted(d.glob("ravdess_av_clip/**/*.mp4"))[0],
+             sorted(d.glob("face_videos/**/*.mov"))[0], tmp_path / "clip.mkv"]
+    _make_video(files[-1], with_audio=True)
+    for f in files:
+        c, full = decode.open_media(f), av.open(str(f))
+        assert dataclasses.asdict(decode.probe(f, c)) == dataclasses.asdict(decode.probe(f, full)), f
+        if c.streams.audio:
+            assert np.array_equal(decode.read_audio(f, container=c), decode.read_audio(f, container=full)), f
+        c.close(), full.close()
+    quick = {f.suffix: decode._header_complete(av.open(str(f), options=decode._FAST_PROBE)) for f in files}
+    assert quick == {".wav": True, ".flv": False, ".mp3": True, ".mp4": True, ".mov": True, ".mkv": False}
