@@ -244,18 +244,20 @@ def synthetic_corpus(cfg, videos: int, frames: int, device, rng=None):
 
 
 def _step_times(task, model, cfg, device, steps: int, amp: bool = False) -> dict:
-    """Seconds per optimizer step of experiments.fit.train_epoch, its Task.batch swapped per
-    step between the trainer's own and a pre-made one (real, pre-made, pre-made, real, ...: load
-    drifts and the accumulate cycle hit both alike). The pre-made batches hold the samples that
-    step draws (the epoch's order replayed from a copy of its generator, made before the epoch):
-    a head's step time depends on what it is fed (against one fixed batch as the ceiling,
-    avcpnet measured 0.83-0.92 while its Task.batch takes 0.3 ms of a ~500 ms step; against
-    the same samples 0.97, 2026-12-03, load 0.5), so only the data path differs between kinds. A step is the time from one batch() call
-    to the next inside one epoch, so it holds the data path, forward, backward and the
-    optimizer; per kind the median, in CPU time of this process (what a neighbour's load
-    does not inflate, as long as torch runs on one thread here) and in wall time; and the median
-    over adjacent (real, pre-made) step pairs of their ratio, which a load change between
-    steps far apart does not move. On CUDA each step is synchronised before its clock is read."""
+    """Seconds per step of experiments.fit.train_epoch, its Task.batch swapped between the
+    trainer's own and a pre-made one per accumulation cycle (train.accumulate batches, one
+    optimizer step; real, pre-made, pre-made, real, ...: load drifts hit both alike). Why per
+    cycle: swapped per batch, avcpnet's 4-batch cycle put every optimizer step (and its grad
+    clipping) on a real batch, 10 % of its step time measured as "data path" (0.84-0.88 vs
+    0.99 per cycle, 2026-12-03). The pre-made batches hold the samples the step draws (the
+    epoch's order replayed from a copy of its generator, made before the epoch), so only the
+    data path differs between kinds. A cycle is timed from its first batch() call to the next
+    cycle's, so it holds the data path, forward, backward and the optimizer; per kind the
+    median per-batch time of its cycles, in CPU time of this process (what a neighbour's load
+    does not inflate, as long as torch runs on one thread here) and in wall time; and the
+    median over adjacent (real, pre-made) cycle pairs of their ratio, which a load change
+    between cycles far apart does not move. `steps` cycles of each kind. On CUDA each batch
+    is synchronised before its clock is read."""
     import torch
 
     from experiments.fit import train_epoch
@@ -265,9 +267,12 @@ def _step_times(task, model, cfg, device, steps: int, amp: bool = False) -> dict
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     gen = torch.Generator().manual_seed(0)
     real = task.batch
-    n, bs = task.n_samples("train"), cfg.train.batch_size
+    n, bs, acc = task.n_samples("train"), cfg.train.batch_size, max(1, int(cfg.train.accumulate or 1))
     marks: list[tuple[str, float, float]] = []   # (kind, wall, cpu) at each batch() call of one epoch
     premade: dict[int, tuple] = {}
+
+    def kind_of(k: int) -> str:
+        return "real" if (k // acc) % 4 in (0, 3) else "premade"
 
     def premake() -> None:
         """The batches train_epoch will ask for at the pre-made steps (its order: randperm of gen)."""
@@ -276,7 +281,7 @@ def _step_times(task, model, cfg, device, steps: int, amp: bool = False) -> dict
         order = torch.randperm(n, generator=g).to(device)
         premade.clear()
         premade.update({k: (order[lo:lo + bs], real("train", order[lo:lo + bs]))
-                        for k, lo in enumerate(range(0, n, bs)) if k % 4 in (1, 2)})
+                        for k, lo in enumerate(range(0, n, bs)) if kind_of(k) == "premade"})
 
     def clock():
         if device.type == "cuda":
@@ -285,7 +290,7 @@ def _step_times(task, model, cfg, device, steps: int, amp: bool = False) -> dict
 
     def swapped(role, sel, *args, **kw):
         k = len(marks)
-        kind = "real" if k % 4 in (0, 3) else "premade"
+        kind = kind_of(k)
         marks.append((kind, *clock()))
         if kind == "real":
             return real(role, sel, *args, **kw)
@@ -295,15 +300,16 @@ def _step_times(task, model, cfg, device, steps: int, amp: bool = False) -> dict
         return b
 
     per = {"real": [], "premade": []}
-    pairs = []                                      # (real, premade) steps next to each other
+    pairs = []                                      # (real, premade) cycles next to each other
     task.batch = swapped
     try:
         for epoch in range(100):
             marks.clear()
             premake()
             train_epoch(task, model, opt, scaler, gen, cfg, device)
-            seq = [(kind, (w1 - w0, c1 - c0)) for j, ((kind, w0, c0), (_k, w1, c1))
-                   in enumerate(zip(marks, marks[1:])) if epoch or j]     # the very first step warms up
+            starts = marks[::acc]                   # each cycle's first batch() call; the last has no end
+            seq = [(kind, ((w1 - w0) / acc, (c1 - c0) / acc)) for j, ((kind, w0, c0), (_k, w1, c1))
+                   in enumerate(zip(starts, starts[1:])) if epoch or j]   # the very first cycle warms up
             for kind, t in seq:
                 per[kind].append(t)
             start = 1 if (not epoch and seq and seq[0][0] == "premade") else 0
@@ -314,7 +320,7 @@ def _step_times(task, model, cfg, device, steps: int, amp: bool = False) -> dict
                 break
     finally:
         task.batch = real
-    out = {}
+    out = {"accumulate": acc}
     for kind, v in per.items():
         a = np.asarray(v)
         out[kind] = {"steps": len(a), "s_wall": float(np.median(a[:, 0])), "s_cpu": float(np.median(a[:, 1]))}
@@ -325,8 +331,8 @@ def _step_times(task, model, cfg, device, steps: int, amp: bool = False) -> dict
 
 
 def head_rates(study: str, device, steps: int = 8, overrides=(), amp: bool = False) -> dict:
-    """`steps` optimizer steps of each kind (trainer's batches, pre-made batch) for one study,
-    on a synthetic corpus sized so an epoch holds 2 x steps + 2 full batches."""
+    """`steps` accumulation cycles of each kind (trainer's batches, pre-made batches) for one
+    study, on a synthetic corpus sized so an epoch holds 2 x steps + 2 full cycles."""
     import torch
 
     from experiments import config, tasks, windows
@@ -335,7 +341,8 @@ def head_rates(study: str, device, steps: int = 8, overrides=(), amp: bool = Fal
     bs = cfg.train.batch_size
     frames = STUDIES[study]
     per_video = len(windows.window_starts(frames, cfg.data.window, cfg.data.hop)) if cfg.task == "frames" else 1
-    videos = max(2, -(-(2 * steps + 2) * bs // per_video))
+    acc = max(1, int(cfg.train.accumulate or 1))
+    videos = max(2, -(-(2 * steps + 2) * acc * bs // per_video))
     torch.manual_seed(0)
     corpus = synthetic_corpus(cfg, videos, frames, device)
     roles = {"train": list(range(videos)), "val": [0], "test": [1]}
@@ -346,13 +353,13 @@ def head_rates(study: str, device, steps: int = 8, overrides=(), amp: bool = Fal
     r, p = t["real"][clock], t["premade"][clock]
     pair = t["pair_ratio"]["wall" if device.type == "cuda" else "cpu"]
     return {"head": cfg.head.name, "batch_size": bs, "samples": task.n_samples("train"),
-            "steps_measured_each": min(t["real"]["steps"], t["premade"]["steps"]),
+            "accumulate": t["accumulate"], "cycles_measured_each": min(t["real"]["steps"], t["premade"]["steps"]),
             "ms_per_step_data_path": round(1e3 * r, 2), "ms_per_step_premade": round(1e3 * p, 2),
             "ms_per_step_wall_data_path": round(1e3 * t["real"]["s_wall"], 2),
             "ms_per_step_wall_premade": round(1e3 * t["premade"]["s_wall"], 2),
             "steps_per_s_data_path": round(1 / r, 3), "steps_per_s_premade": round(1 / p, 3),
             f"ratio ({'wall' if clock == 's_wall' else 'CPU time'}, median of {t['pair_ratio']['pairs']} "
-            "adjacent step pairs; target >= 0.9)": round(pair, 3),
+            "adjacent cycle pairs; target >= 0.9)": round(pair, 3),
             "ratio_of_medians": round(p / r, 3),
             "ratio_wall_pairs": round(t["pair_ratio"]["wall"], 3)}
 
@@ -362,7 +369,7 @@ def heads_section(a) -> dict:
 
     res = {"about": f"optimizer steps/s of experiments.fit.train_epoch per published study config on a "
                     f"synthetic in-memory corpus, the trainer's Task.batch vs pre-made batches of the same "
-                    f"samples (compute ceiling) swapped per step, median of {a.head_steps} steps each; CPU fp32, torch threads "
+                    f"samples (compute ceiling) swapped per accumulation cycle, median of {a.head_steps} cycles each; CPU fp32, torch threads "
                     "as in the header; the ratio in CPU time (load-proof), the wall ratio beside it"}
     for study in STUDIES:
         try:
@@ -444,7 +451,7 @@ def scale_section(a) -> dict:
 def add_args(p) -> None:
     p.add_argument("--videos", type=int, default=40)
     p.add_argument("--frames", type=int, default=3000)
-    p.add_argument("--head-steps", type=int, default=8, help="steps measured per kind and head")
+    p.add_argument("--head-steps", type=int, default=8, help="accumulation cycles measured per kind and head")
     p.add_argument("--rounds", type=int, default=5, help="windows: rounds of turns")
     p.add_argument("--burst", type=float, default=1.0, help="windows: seconds per method per turn")
     p.add_argument("--scale-div", type=int, default=20)
