@@ -25,6 +25,17 @@ from .prepare import Setup, prepare, selected_on_test
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3     # glibc mallopt parameters (malloc.h)
 
 
+def _glibc_function(name: str):
+    """A libc function (mallopt, malloc_trim), or None where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def keep_freed_memory(mmap_mb: int = 32, trim_mb: int = 256) -> bool:
     """Let glibc keep freed batch and activation memory for the next step (process-wide).
 
@@ -37,14 +48,8 @@ def keep_freed_memory(mmap_mb: int = 32, trim_mb: int = 256) -> bool:
     mapped. No effect on any number computed; RSS stays near its peak instead of dropping
     between steps. Returns False where there is no glibc (the setting is then a no-op).
     """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc_function("mallopt")
+    if mallopt is None:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_mb) << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, int(trim_mb) << 20))
 
@@ -61,11 +66,9 @@ def release_freed_memory() -> bool:
     without (2026-12-03, load ~2). Called after each model.
     """
     import ctypes
-    import ctypes.util
 
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
+    trim = _glibc_function("malloc_trim")
+    if trim is None:
         return False
     trim.argtypes = [ctypes.c_size_t]
     return bool(trim(0))
