@@ -2,8 +2,9 @@
 
 Not measured yet: written on a machine without a GPU; run it where one is. Sections:
   heads     steps/s per study head on CUDA (the trainer's train_epoch, train.amp on: its fp16
-            autocast + GradScaler) fed by the trainer's Task.batch vs a pre-made batch (ceiling),
-            the two swapped per step, each step synchronised (bench_train._step_times)
+            autocast + GradScaler) fed by the trainer's Task.batch vs pre-made batches of the
+            same samples (ceiling), swapped per accumulation cycle, each batch synchronised
+            (bench_train._step_times)
   windows   300-frame windows/s of FrameTask.batch on the device (synchronised per batch) in
             turns with the CPU methods of bench_train.windows_section
   abaw2_full  one abaw2 epoch at batch 256 on an Aff-Wild2-sized corpus on the device
