@@ -384,13 +384,22 @@ def configure_logging(verbose: bool) -> None:
     EMOCACHE_VERBOSE; Dask's own INFO lines stay at WARNING unless -v. Why WARNING is set
     here: distributed's default is INFO, and on Ctrl-C of a SLURM run the cancelled jobs'
     comms closing printed `distributed.batched - INFO - Batched Comm Closed` with a
-    traceback under the CLI's one-line message (CI, 2026-12-03)."""
+    traceback under the CLI's one-line message (CI, 2026-12-03). Through dask's config
+    (DASK_LOGGING__DISTRIBUTED, which the workers inherit too): importing distributed sets its
+    logger's level from that config, so a setLevel made before the import was undone (the
+    same traceback again in CI later that day)."""
     import logging
 
     from featurize.quiet import VERBOSE_ENV
 
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
+    level = "info" if verbose else "warning"
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", level)
+    if "dask" in sys.modules:            # already read its environment: read it again
+        import dask
+
+        dask.config.refresh()
     logging.getLogger("distributed").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
