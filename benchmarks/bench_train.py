@@ -28,6 +28,7 @@ from common import isolated, peak_rss_mb, peak_rss_since_mb, reset_peak_rss, rss
 
 AFFWILD2_FRAMES = 2_800_000
 DIMS = {"backbone": 512, "logmel": 64, "mfcc": 39, "mesh": 1404, "fer": 128}
+FLOAT32_EXTRACTORS = {"prosody", "opensmile"}     # stored float32 (the others float16)
 
 
 # ----------------------------------------------------------------------------- store
@@ -210,7 +211,7 @@ STUDIES = {"abaw2": 3000, "eri": 150, "avcpnet": 480, "emodb": 280}   # frames p
 
 
 def synthetic_corpus(cfg, videos: int, frames: int, device, rng=None):
-    """An in-memory Corpus shaped like `cfg`'s features (widths from DIMS, float16 as the
+    """An in-memory Corpus shaped like `cfg`'s features (widths from DIMS, dtypes as the
     extractors store them), random labels."""
     import torch
 
@@ -224,7 +225,9 @@ def synthetic_corpus(cfg, videos: int, frames: int, device, rng=None):
         widths = [DIMS.get(s.extractor, 64) if not (s.extractor == "mfcc" and s.params.get("n_mfcc"))
                   else int(s.params["n_mfcc"]) * (1 if s.params.get("deltas") is False else 3) for s in specs]
         g = torch.Generator(device=device).manual_seed(len(mods))
-        x = torch.randn(n, sum(widths), generator=g, device=device).half()   # as load_corpus keeps float16 features
+        # the dtype load_corpus gives the modality: float16 unless a feature is stored float32
+        dtype = torch.float32 if any(s.extractor in FLOAT32_EXTRACTORS for s in specs) else torch.float16
+        x = torch.randn(n, sum(widths), generator=g, device=device).to(dtype)
         mods[name] = Modality(name, x, torch.ones(n, dtype=torch.bool, device=device), widths)
     lab = cfg.labels
     rows = []

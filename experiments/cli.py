@@ -394,12 +394,7 @@ def configure_logging(verbose: bool) -> None:
 
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
-    level = "info" if verbose else "warning"
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", level)
-    if "dask" in sys.modules:            # already read its environment: read it again
-        import dask
-
-        dask.config.refresh()
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose else "warning")
     logging.getLogger("distributed").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
