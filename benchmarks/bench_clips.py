@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, script_main  # noqa: E402
+from common import ROOT, fs_journal, script_main  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 EMOCACHE = Path(sys.executable).with_name("emocache")
@@ -84,11 +84,15 @@ def cli_features(folder: Path, store: Path, extractors: str) -> dict:
 
 def fs_probe(folder: Path, n: int = 1000) -> dict:
     """The store's file system, as the writer uses it: n folders of 3 array folders with a
-    zarr.json and one chunk file each (one key-video's folders and files), then removed.
-    Why: the pipeline's fixed cost per file is mostly these calls, and on this shared VM their
-    cost varied 8x within minutes (0.25-4.0 s of system CPU for 1000 on one ext4 disk, load
-    < 1, 2026-12-03), far more than any change to the code; the figure beside each run says
-    what the disk was doing then."""
+    zarr.json and one chunk file each (one key-video's folders and files), left in place.
+
+    Why: the pipeline's fixed cost per file is mostly these calls, and on this VM their cost
+    varied 20x within minutes (0.25-8 s of system CPU for 1000). The cause (perf, 2026-12-03):
+    a journal-less ext4 (see common.fs_journal) does not reuse an inode freed in the last
+    60-360 s, and each create walks past every such inode of its block group (perf: 55 % of
+    the probe's CPU in recently_deleted); 10,000 files removed before a run cost ~0.4 ms per
+    create during it. So nothing here is removed until the section is over: the probe's own
+    removal had slowed the runs measured after it."""
     root = Path(tempfile.mkdtemp(prefix="fs-probe-", dir=folder))
     t0, c0 = time.perf_counter(), os.times()
     for i in range(n):
@@ -101,10 +105,8 @@ def fs_probe(folder: Path, n: int = 1000) -> dict:
                 os.write(fd, b"x" * 300)
                 os.close(fd)
     c1 = os.times()
-    out = {"ms_per_key_video": round((time.perf_counter() - t0) / n * 1000, 3),
-           "sys_cpu_ms_per_key_video": round((c1.system - c0.system) / n * 1000, 3)}
-    shutil.rmtree(root, ignore_errors=True)
-    return out
+    return {"ms_per_key_video": round((time.perf_counter() - t0) / n * 1000, 3),
+            "sys_cpu_ms_per_key_video": round((c1.system - c0.system) / n * 1000, 3)}
 
 
 def in_process_audio(paths, cpu: bool = False) -> float:
@@ -123,21 +125,20 @@ def in_process_audio(paths, cpu: bool = False) -> float:
     return clock() - t0
 
 
-def profile_inline(rows, extractors) -> dict:
+def profile_inline(rows, extractors, tmp: Path) -> dict:
     """ms per file of the pipeline's stages, from a cProfile of an inline run (cumulative)."""
     import cProfile
     import pstats
 
     from featurize.pipeline import run_features
 
-    store = Path(tempfile.mkdtemp(prefix="bench-prof-"))
+    store = Path(tempfile.mkdtemp(prefix="bench-prof-", dir=tmp))    # removed with the section (see fs_probe)
     pr = cProfile.Profile()
     t0 = time.perf_counter()
     pr.enable()
     run_features(rows, store, extractors, scheduler="inline", progress=False)
     pr.disable()
     wall = time.perf_counter() - t0
-    shutil.rmtree(store, ignore_errors=True)
     st = pstats.Stats(pr)
     want = {"probe": ("decode.py", "probe"), "read_audio": ("decode.py", "read_audio"),
             "iter_frames": ("decode.py", "iter_frames"),
@@ -165,7 +166,8 @@ def audio_section(a, tmp: Path) -> dict:
 
     paths = cut_wavs(tmp / "wavs", a.audio_clips)
     seconds = sum(wave.open(str(p)).getnframes() / 16000 for p in paths)
-    res = {"about": f"{len(paths)} clips cut from emodb (<= 3 s, {seconds:.0f} s of audio), logmel+mfcc"}
+    res = {"about": f"{len(paths)} clips cut from emodb (<= 3 s, {seconds:.0f} s of audio), logmel+mfcc",
+           "file_system": fs_journal(tmp)}
     res["fs_probe_before (4 folders + 6 files)"] = fs_probe(tmp)
     res["in_process_s"] = round(in_process_audio(paths), 2)
     rows = datasets.build("generic", tmp / "wavs")
@@ -180,7 +182,7 @@ def audio_section(a, tmp: Path) -> dict:
     res["ratio_inline_vs_in_process"] = round(res["in_process_s"] / res["pipeline_inline_s"], 3)
     res["fixed_ms_per_file_inline"] = round((res["pipeline_inline_s"] - res["in_process_s"]) / len(paths) * 1000, 2)
     res["fs_probe_after (4 folders + 6 files)"] = fs_probe(tmp)
-    res["profile_inline_100_files"] = profile_inline(rows[:100], ["logmel", "mfcc"])
+    res["profile_inline_100_files"] = profile_inline(rows[:100], ["logmel", "mfcc"], tmp)
     return res
 
 
