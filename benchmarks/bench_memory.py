@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import isolated, peak_rss_mb, peak_rss_since_mb, reset_peak_rss, rss_now_mb, script_main  # noqa: E402
+from common import isolated, peak_rss_mb, reset_peak_rss, rss_now_mb, script_main  # noqa: E402
 
 MAIN = ["faces", "fer", "logmel", "mfcc"]
 
@@ -57,7 +57,7 @@ def worker(path: str) -> dict:
     reset_peak_rss()          # the peak of loading the models (a transient) is not the video's
     t0 = time.perf_counter()
     out = featurize_video(row, specs, store)
-    during = peak_rss_since_mb()
+    during = peak_rss_mb()
     bad = [r for r in out if r["status"] != "done"]
     if bad:
         raise RuntimeError(f"featurize failed: {bad}")
@@ -67,7 +67,7 @@ def worker(path: str) -> dict:
     return {"frames": max(int(r.get("decoded_frames") or 0) for r in out), "seconds": round(time.perf_counter() - t0, 1),
             "peak_rss_after_model_load_mb": rss_models, "rss_before_video_mb": before,
             "peak_rss_during_video_mb": during, "growth_during_video_mb": round(during - before, 1),
-            "peak_rss_mb": peak_rss_mb()}
+            "peak_rss_mb": max(rss_models, during)}
 
 
 def add_args(p) -> None:

@@ -93,12 +93,20 @@ def header() -> dict:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set of this process (ru_maxrss is in KiB on Linux)."""
+    """Peak resident set of this process since it started (or since `reset_peak_rss`): VmHWM.
+
+    Not ru_maxrss: Linux keeps that across fork + exec, so a fresh interpreter started by a
+    big process (`isolated` under `make bench`, whose train part had grown to 13.5 GB) read
+    its parent's peak: the memory and scale sections reported 13,520 MB for ~0.5-3 GB
+    processes (2026-12-03-724482f). ru_maxrss (KiB) only where /proc is missing."""
+    hwm = _status_mb("VmHWM")
+    if hwm == hwm:
+        return hwm
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def rss_now_mb() -> float:
-    """Resident set of this process now (VmRSS), and `reset_peak_rss` + `peak_rss_since_mb`: the
+    """Resident set of this process now (VmRSS), and `reset_peak_rss` + `peak_rss_mb`: the
     peak since a point (VmHWM after /proc/self/clear_refs 5), so one process can tell which stage
     of its run held the memory. Linux only; elsewhere NaN."""
     return _status_mb("VmRSS")
@@ -110,10 +118,6 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
-
-
-def peak_rss_since_mb() -> float:
-    return _status_mb("VmHWM")
 
 
 def _status_mb(field: str) -> float:
