@@ -17,7 +17,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, Results  # noqa: E402
+from common import ROOT, Results, peak_rss_mb  # noqa: E402
 
 import bench_clips  # noqa: E402
 import bench_features  # noqa: E402
@@ -49,6 +49,9 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001  (one part failing still leaves the others' figures)
             out = {f"{name}_error": f"{type(e).__name__}: {e}"}
         res.update(out)
+        # this process's own peak after each part: a part that holds the machine's RAM shows
+        # here (cut_videos once made it 13.5 GB)
+        res.head["machine"].setdefault("bench_process_peak_rss_mb", {})[name] = peak_rss_mb()
         res.write(a.out)   # after every part: a late failure keeps what was measured
     return 0
 

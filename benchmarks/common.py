@@ -194,6 +194,8 @@ def markdown(doc: dict) -> str:
              f"| GPU | {', '.join(m['gpu']) if m.get('gpu') else 'none'} |",
              f"| load average before / after (1, 5, 15 min) | {m.get('loadavg_before')} / {m.get('loadavg_after')} |",
              f"| nice | {m.get('nice')} |",
+             *([f"| peak RSS of the bench process after each part (MB) | {m['bench_process_peak_rss_mb']} |"]
+               if m.get("bench_process_peak_rss_mb") else []),
              f"| threads | {', '.join(f'{k}={v}' for k, v in doc['threads'].items())} |",
              f"| versions | {', '.join(f'{k} {v}' for k, v in doc['versions'].items() if v)} |", ""]
     for name, sec in doc["sections"].items():
