@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import resource
 import sys
@@ -100,7 +101,7 @@ def peak_rss_mb() -> float:
     its parent's peak: the memory and scale sections reported 13,520 MB for ~0.5-3 GB
     processes (2026-12-03-724482f). ru_maxrss (KiB) only where /proc is missing."""
     hwm = _status_mb("VmHWM")
-    if hwm == hwm:
+    if not math.isnan(hwm):
         return hwm
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
