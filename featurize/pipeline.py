@@ -685,10 +685,11 @@ def _run_audio(row, info, specs, outs, attrs, registry, keep_partial=False, cont
             for s in group:
                 outs[s.name].fail("decode_error", _message(e))
             continue
+        shared: dict = {}        # one file's samples: what its extractors compute alike
         for s in group:
             try:
                 ex = registry.get_cached(s.name, s.config)
-                arrays = ex.extract(samples, sr)
+                arrays = ex.extract(samples, sr, shared=shared) if ex.shares else ex.extract(samples, sr)
                 a = {"sr": sr, "seconds": round(len(samples) / sr, 4), "start": start}
                 t = np.asarray(arrays.get("t", []))
                 if start and "t" in arrays:

@@ -164,6 +164,10 @@ class Extractor:
         return {}
 
     # audio extractors
+    # True: extract also takes `shared`, a dict the pipeline keeps for one file's samples, where
+    # extractors leave what another one would compute alike (logmel's and mfcc's spectrum)
+    shares: ClassVar[bool] = False
+
     def extract(self, samples: np.ndarray, sr: int) -> dict[str, np.ndarray]:
         raise NotImplementedError
 

@@ -72,6 +72,32 @@ def test_blocked_mel_equals_one_call_frame_for_frame():
         np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-9)
 
 
+def test_shared_spectrum_gives_the_same_features(shared_data):
+    """logmel then mfcc with one `shared` dict (as the pipeline calls them per file): the same
+    arrays bit for bit as separate calls, on real EmoDB speech, a clip of a single frame and a
+    signal longer than a block; one power spectrum kept for a short file, none for a long one."""
+    wavs = sorted((shared_data / "emodb" / "wav").glob("*.wav"))[:5]
+    if not wavs:
+        pytest.skip("EmoDB is absent")
+    rng = np.random.default_rng(7)
+    signals = [read_audio(p, sr=16000) for p in wavs] + [np.zeros(100, np.float32),
+                                                         (0.1 * rng.standard_normal(160 * 50)).astype(np.float32)]
+    logmel, mfcc = get_cached("logmel"), get_cached("mfcc")
+    for x in signals:
+        shared: dict = {}
+        for ext in (logmel, mfcc):
+            got, ref = ext.extract(x, 16000, shared=shared), ext.extract(x, 16000)
+            assert set(got) == set(ref)
+            for k in ref:
+                np.testing.assert_array_equal(got[k], ref[k])
+        assert len(shared) == 1 and next(iter(shared.values())).shape == (audio.n_frames(len(x), 160), 201)
+    long_x = signals[-1]
+    shared = {}
+    blocked = audio.mel_power(long_x, 16000, 400, 160, 400, 40, 0.0, 8000.0, block=37, shared=shared)
+    assert shared == {}
+    np.testing.assert_array_equal(blocked, audio.mel_power(long_x, 16000, 400, 160, 400, 40, 0.0, 8000.0, block=37))
+
+
 def _float16_steps(got, ref):
     """|got - ref| in float16 steps at ref, floored at 1e-3 of the column's spread (a value
     next to zero has steps far finer than the feature's own scale)."""

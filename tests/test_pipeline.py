@@ -147,3 +147,24 @@ def test_audio_features_sit_on_the_container_clock(shared_data, tmp_path):
     assert attrs["start"] == pytest.approx(2.43, abs=0.01)
     assert arrays["t"][0] == pytest.approx(2.43, abs=0.01)
     assert np.allclose(np.diff(arrays["t"]), 0.01)
+
+
+def test_stored_audio_features_equal_separate_calls(shared_data, tmp_path):
+    """logmel and mfcc share one spectrum per file in the pipeline (featurize/audio.mel_power):
+    what it stores for real EmoDB speech is, value for value, what each extractor gives when
+    called alone; prosody (16 kHz too, no sharing) rides along in the same rate group."""
+    from featurize.decode import read_audio
+    from featurize.registry import get_cached
+
+    wavs = sorted((shared_data / "emodb" / "wav").glob("*.wav"))[:4]
+    if not wavs:
+        pytest.skip("EmoDB is absent")
+    rows = [r for r in datasets.build("generic", wavs[0].parent) if Path(r["path"]) in set(wavs)]
+    names = ["logmel", "prosody", "mfcc"]
+    s = run_features(rows, tmp_path, names, scheduler="inline", progress=False)
+    assert s.failed_total == 0 and len(rows) == 4
+    for row in rows:
+        x = read_audio(row["path"], sr=16000)
+        for name in names:
+            arrays, _attrs = read_video(tmp_path, name, s.keys[name], row["video_id"])
+            np.testing.assert_array_equal(arrays["data"], get_cached(name).extract(x, 16000)["data"])
