@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -222,13 +223,21 @@ def run(a) -> dict:
               "per-frame detection, the old default).",
               "extractors_main": "+".join(MAIN), "targets": {}}
     for name, rows in sets.items():
-        r = {"videos": len(rows), "decode_only": decode_only(rows), "main": {}}
-        print(f"[{name}] decode only: {r['decode_only']['fps']} frames/s", flush=True)
+        # decode-only before and after each end-to-end run, the ratio taken to their median: one
+        # decode-only pass read 559-727 frames/CPU-s across runs of one day (2026-12-03), enough
+        # to move a 0.4 ratio target by 0.05 on its own
+        rounds = [decode_only(rows)]
+        r = {"videos": len(rows), "main": {}}
+        print(f"[{name}] decode only: {rounds[0]['fps']} frames/s", flush=True)
         for w in workers:
             r["main"][str(w)] = end_to_end(rows, MAIN, w)
             print(f"[{name}] {'+'.join(MAIN)} x{w} workers: {r['main'][str(w)]}", flush=True)
+            rounds.append(decode_only(rows))
+        r["decode_only"] = rounds[0]
+        r["decode_only_fps_per_cpu_second_rounds"] = [d["fps_per_cpu_second"] for d in rounds]
+        mid = r["decode_only_fps_per_cpu_second_median"] = median(r["decode_only_fps_per_cpu_second_rounds"])
         one = r["main"][str(workers[0])]
-        r["ratio_to_decode_only_cpu"] = round(one["fps_per_cpu_second"] / r["decode_only"]["fps_per_cpu_second"], 3)
+        r["ratio_to_decode_only_cpu"] = round(one["fps_per_cpu_second"] / mid, 3)
         if len(workers) > 1:
             lo, hi = r["main"][str(workers[0])], r["main"][str(workers[-1])]
             r["speedup"] = round(hi["fps"] / lo["fps"], 2)
