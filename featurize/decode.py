@@ -324,9 +324,59 @@ def _upright(frame, rep: dict) -> np.ndarray:
     return img
 
 
+_WAV_BLOCK = 1 << 20      # frames per read: the int16 copy of a long file never exists whole
+
+
+def _read_pcm16_wav(path, sr: int) -> np.ndarray | None:
+    """A mono 16-bit PCM wav already at `sr` read with the stdlib, else None (PyAV reads it).
+
+    Why: most speech corpora are exactly that (EmoDB, RAVDESS and CREMA-D wav, IEMOCAP), and
+    FFmpeg's demuxer + decoder + resampler cost 1.47 ms of a 1.9 s EmoDB clip against 0.03 ms
+    here (300 clips, load 0.2), about as much as logmel and mfcc together. The samples are the
+    resampler's bit for bit: its s16 -> float conversion is x * 2**-15, as here
+    (tests/test_decode.py compares both on every EmoDB file and on a truncated one). Anything
+    else -- stereo, another rate or width, WAVE_FORMAT_EXTENSIBLE, a header the stdlib refuses,
+    a data chunk announcing 0 frames (a streamed wav) -- goes to PyAV, which also names the
+    problem of a broken file."""
+    if Path(str(path)).suffix.lower() != ".wav":
+        return None
+    import wave
+
+    try:
+        w = wave.open(str(path), "rb")
+    except Exception:  # noqa: BLE001  (PyAV reads it, or says what is wrong with it)
+        return None
+    with w:
+        if (w.getnchannels(), w.getsampwidth(), w.getframerate()) != (1, 2, int(sr)) or w.getnframes() <= 0:
+            return None
+        n, pos = w.getnframes(), 0
+        out = np.empty(n, np.float32)
+        while pos < n:
+            block = w.readframes(min(_WAV_BLOCK, n - pos))
+            k = len(block) // 2
+            if k == 0:
+                break                       # the file ends before its header says (as PyAV: keep what is there)
+            out[pos:pos + k] = np.frombuffer(block, "<i2", count=k)
+            pos += k
+    if pos == 0:
+        return None
+    out = out[:pos] if pos == n else out[:pos].copy()
+    out *= np.float32(2.0 ** -15)
+    return out
+
+
 def read_audio(path, sr: int = 16000, container=None) -> np.ndarray:
-    """The first audio stream as float32 mono [S] at `sr`, resampled with PyAV's resampler.
+    """The first audio stream as float32 mono [S] at `sr`, resampled with PyAV's resampler (a
+    mono 16-bit wav already at `sr`: the same samples, read by the stdlib, _read_pcm16_wav).
     `container` (from open_media, nothing decoded from it yet) is used, not closed."""
+    if container is None:
+        _check_file(path)
+    fast = _read_pcm16_wav(path, sr)
+    return fast if fast is not None else decode_audio(path, sr, container)
+
+
+def decode_audio(path, sr: int = 16000, container=None) -> np.ndarray:
+    """read_audio through FFmpeg whatever the file (decoder + resampler)."""
     import av
 
     c = open_media(path) if container is None else container
