@@ -511,9 +511,8 @@ def _featurize_claimed(row: dict, specs: list[Spec], handles: dict, claims: dict
     attrs: dict[str, dict] = {n: {} for n in outs}
     frames_done = 0
     container = info = None
-    try:   # one open: the probe's container is decoded by the first stream's reader
-        container = decode.open_media(path if path is not None else "")
-        info = decode.probe(path, container=container)
+    try:   # one open: the probe's container is decoded by the first stream's reader (a plain wav: none)
+        container, info = decode.open_and_probe(path if path is not None else "")
     except InputError as e:
         fail_all(outs, e.reason, _message(e))
     except Exception as e:  # noqa: BLE001

@@ -86,42 +86,52 @@ def test_audio_only_and_read_audio(shared_data):
 
 
 
-def test_pcm16_wavs_read_by_the_stdlib_hold_ffmpegs_samples(shared_data, tmp_path):
-    """Every EmoDB wav (mono 16-bit, 16 kHz) takes the stdlib path and gives FFmpeg's
-    decoder + resampler output bit for bit; so does a wav cut mid-sample; anything else
-    (stereo, another rate asked for, a streamed header announcing 0 frames) goes to FFmpeg."""
+def test_plain_wavs_read_without_ffmpeg_give_ffmpegs_answers(shared_data, tmp_path):
+    """Every EmoDB and CREMA-D wav (16-bit mono) is probed and read without FFmpeg, and both
+    answers are FFmpeg's bit for bit; a cut copy, a stereo file, a streamed header (data size
+    0) and another rate go to FFmpeg; a text file named .wav is still `not_media`."""
+    import dataclasses
     import wave
 
-    wavs = sorted((shared_data / "emodb").rglob("*.wav"))
+    import av
+
+    wavs = sorted((shared_data / "emodb").rglob("*.wav")) + sorted((shared_data / "cremad_av_samples").rglob("*.wav"))
     assert len(wavs) > 100
     for f in wavs:
-        fast = decode._read_pcm16_wav(f, 16000)
-        assert fast is not None and fast.dtype == np.float32, f
+        assert decode.plain_wav(f) is not None, f
+        c, info = decode.open_and_probe(f)
+        with av.open(str(f)) as full:
+            assert c is None and dataclasses.asdict(info) == dataclasses.asdict(decode.probe(f, full)), f
+        assert info == decode.probe(f)
         assert np.array_equal(decode.read_audio(f), decode.decode_audio(f)), f
-    src = wavs[0].read_bytes()
+    f = wavs[0]
+    assert np.array_equal(decode.read_audio(f, sr=8000), decode.decode_audio(f, sr=8000))
+    src = f.read_bytes()
     cut = tmp_path / "cut.wav"
     cut.write_bytes(src[: len(src) // 2 + 1])          # the header still announces the whole clip
+    assert decode.plain_wav(cut) is None
     x = decode.read_audio(cut)
-    assert 0 < len(x) < len(decode.read_audio(wavs[0])) and np.array_equal(x, decode.decode_audio(cut))
-    with wave.open(str(wavs[0])) as w:
+    assert 0 < len(x) < len(decode.read_audio(f)) and decode.open_and_probe(cut)[0] is not None
+    with wave.open(str(f)) as w:
         params, pcm = w.getparams(), w.readframes(w.getnframes())
     mono = np.frombuffer(pcm, "<i2")
     stereo = tmp_path / "stereo.wav"
     with wave.open(str(stereo), "wb") as w:
         w.setparams(params._replace(nchannels=2))
         w.writeframes(np.stack([mono, mono // 2], 1).tobytes())
-    assert decode._read_pcm16_wav(stereo, 16000) is None and decode._read_pcm16_wav(wavs[0], 8000) is None
+    assert decode.plain_wav(stereo) is None
     assert np.array_equal(decode.read_audio(stereo), decode.decode_audio(stereo))
     streamed = tmp_path / "streamed.wav"
-    head = bytearray(src)
-    head[40:44] = (0).to_bytes(4, "little")            # data chunk size 0, as a live recorder writes it
-    streamed.write_bytes(bytes(head))
-    assert decode._read_pcm16_wav(streamed, 16000) is None
+    data_at = src.index(b"data")
+    streamed.write_bytes(src[: data_at + 4] + (0).to_bytes(4, "little") + src[data_at + 8:])
+    assert decode.plain_wav(streamed) is None
     fake = tmp_path / "notes.wav"
     fake.write_text("not audio\n" * 50)
-    with pytest.raises(InputError) as e:
-        decode.read_audio(fake)
-    assert e.value.reason == "not_media" and str(fake) in str(e.value)
+    for call in (decode.read_audio, decode.probe, decode.open_and_probe):
+        with pytest.raises(InputError) as e:
+            call(fake)
+        assert e.value.reason == "not_media" and str(fake) in str(e.value)
+
 
 def test_video_without_audio(tmp_path):
     path = _make_video(tmp_path / "silent.mp4")
