@@ -166,6 +166,26 @@ def test_bad_files(tmp_path, shared_data, kind, reason):
         assert e.value.reason == reason and str(path) in str(e.value)
 
 
+
+def test_batch_memory_is_reused_only_when_the_consumer_let_go(shared_data):
+    """A consumer that drops each batch gets the same buffer back (no fresh 44 MB mapping per
+    64 frames); batches or views a consumer keeps are never written over."""
+    path = shared_data / FACE / "single_face.mp4"
+    copies = [f.copy() for f, _ in decode.iter_frames(path, batch=16)]
+    assert len(copies) > 3
+    kept = [f for f, _ in decode.iter_frames(path, batch=16)]
+    assert all(np.array_equal(a, b) for a, b in zip(kept, copies, strict=True))
+    views, ptrs, sums = [], [], []
+    for f, _ in decode.iter_frames(path, batch=16):   # a plain loop (enumerate holds its last item)
+        if len(ptrs) == 1:
+            views.append(f[3])                       # a view keeps its whole batch
+        ptrs.append(f.__array_interface__["data"][0])
+        sums.append(int(f.sum(dtype=np.uint64)))
+        f = None
+    assert sums == [int(c.sum(dtype=np.uint64)) for c in copies]
+    assert np.array_equal(views[0], copies[1][3])
+    assert ptrs[0] == ptrs[1] and ptrs[2] != ptrs[1] and len(set(ptrs[2:])) == 1
+
 def test_cut_mdat_keeps_frames_and_says_so(tmp_path, shared_data):
     src = (shared_data / FACE / "WolfgangLanger_Pexels.mp4").read_bytes()
     path = tmp_path / "half.mp4"
