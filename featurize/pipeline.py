@@ -305,14 +305,14 @@ def _pin_threads() -> None:
         _PINNED.add(name)
 
 
-# glibc's malloc, tuned once per featurizing process (see _keep_heap)
+# glibc's malloc, tuned once per featurizing process (see keep_heap)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 HEAP_MMAP_THRESHOLD = 32 << 20     # glibc's own ceiling for its adaptive threshold (64-bit)
 HEAP_TRIM_THRESHOLD = 256 << 20
 _HEAP: list = []
 
 
-def _keep_heap() -> bool:
+def keep_heap() -> bool:
     """Keep freed memory on the heap for the next frame instead of handing it back to the OS.
 
     Why: with glibc's defaults each decoded frame's buffers (PyAV's 691 KB RGB frame at
@@ -593,7 +593,7 @@ def _run_video(row, info, specs, outs, attrs, registry, keep_partial, container=
 
     live = {s.name: registry.get_cached(s.name, s.config) for s in specs}
     _pin_threads()
-    _keep_heap()
+    keep_heap()
     crop_names = [s.name for s in specs if s.kind == "crops"]
     frame_names = [s.name for s in specs if s.kind == "frames"]
     failed: set[str] = set()
