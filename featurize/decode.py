@@ -227,7 +227,7 @@ def probe(path, container=None) -> MediaInfo:
 
 
 # One decoded batch's buffer kept for the next batch or video of the same shape (key: its
-# shape). Why: a fresh 64-frame 640x360 batch is 44 MB, above glibc's largest mmap threshold
+# shape; one at most). Why: a fresh 64-frame 640x360 batch is 44 MB, above glibc's largest mmap threshold
 # (32 MB), so each one was a new mapping faulted in page by page as frames were copied in: 111
 # minor faults and ~0.3-0.5 ms of CPU per frame, a third of decoding (decode only of
 # WolfgangLanger_Pexels.mp4: 1.20-1.47 ms/frame with a new buffer per batch, 0.90-0.94 with
@@ -324,6 +324,7 @@ def iter_frames(path, batch: int = 64, *, threads: int = 1, report: dict | None 
             rep["frames"] = total
             yield buf[:n], ts[:n].copy()
         if buf is not None and _refs(buf) <= _UNSHARED:
+            _SPARE.clear()                  # one spare at most: a corpus of many sizes keeps one batch
             _SPARE[buf.shape] = buf
         if total == 0:
             raise InputError(path, "decode_error", "the video stream decoded to 0 frames",

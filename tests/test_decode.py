@@ -167,7 +167,7 @@ def test_bad_files(tmp_path, shared_data, kind, reason):
 
 
 
-def test_batch_memory_is_reused_only_when_the_consumer_let_go(shared_data):
+def test_batch_memory_is_reused_only_when_the_consumer_let_go(shared_data, tmp_path):
     """A consumer that drops each batch gets the same buffer back (no fresh 44 MB mapping per
     64 frames); batches or views a consumer keeps are never written over."""
     path = shared_data / FACE / "single_face.mp4"
@@ -185,6 +185,10 @@ def test_batch_memory_is_reused_only_when_the_consumer_let_go(shared_data):
     assert sums == [int(c.sum(dtype=np.uint64)) for c in copies]
     assert np.array_equal(views[0], copies[1][3])
     assert ptrs[0] == ptrs[1] and ptrs[2] != ptrs[1] and len(set(ptrs[2:])) == 1
+    other = _make_video(tmp_path / "small.mp4", n=20)           # another frame size: one spare kept, not two
+    for f, _ in decode.iter_frames(other, batch=16):
+        f = None
+    assert [s[1:] for s in decode._SPARE] == [(48, 64, 3)]
 
 def test_cut_mdat_keeps_frames_and_says_so(tmp_path, shared_data):
     src = (shared_data / FACE / "WolfgangLanger_Pexels.mp4").read_bytes()
