@@ -161,7 +161,8 @@ class Logmel(_Audio):
     Config = LogmelConfig
 
     def extract(self, samples: np.ndarray, sr: int, shared: dict | None = None) -> dict[str, np.ndarray]:
-        m = self._mel(samples, sr, shared)
+        with dsp.one_blas_thread():
+            m = self._mel(samples, sr, shared)
         return self._out(np.log(np.maximum(m, self.config.floor)).T)
 
 
@@ -183,9 +184,10 @@ class Mfcc(_Audio):
 
     def extract(self, samples: np.ndarray, sr: int, shared: dict | None = None) -> dict[str, np.ndarray]:
         c = self.config
-        m = self._mel(samples, sr, shared)
-        mf = (dsp.dct_matrix(c.n_mfcc, c.n_mels) @ dsp.power_to_db(m)).astype(np.float32)
-        parts = [mf]
-        if c.deltas:
-            parts += [delta_features(mf, c.delta_width, 1), delta_features(mf, c.delta_width, 2)]
+        with dsp.one_blas_thread():
+            m = self._mel(samples, sr, shared)
+            mf = (dsp.dct_matrix(c.n_mfcc, c.n_mels) @ dsp.power_to_db(m)).astype(np.float32)
+            parts = [mf]
+            if c.deltas:
+                parts += [delta_features(mf, c.delta_width, 1), delta_features(mf, c.delta_width, 2)]
         return self._out(np.concatenate(parts, axis=0).T)

@@ -281,6 +281,11 @@ def _worker_setup() -> None:
     atexit.register(gc.freeze)
     for k, v in WORKER_ENV.items():
         os.environ.setdefault(k, v)
+    # numpy's BLAS read its thread count at import, before the lines above in an external
+    # worker (dask worker CLI, SLURM job): one thread per process there too
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
     # torch and cv2 only if a model already imported them: an audio-only worker would pay
     # torch's import (12.5 s at load average 13 here, in each SLURM job's first video);
     # torch imported later reads OMP_NUM_THREADS=1 from the line above

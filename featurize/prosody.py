@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from featurize import dsp
 from featurize.audio import BLOCK_FRAMES, delta_features, n_frames
 from featurize.registry import Extractor, register
 
@@ -158,9 +159,10 @@ class Prosody(Extractor):
         c = self.config
         if sr != c.sr:
             raise ValueError(f"expected audio at {c.sr} Hz, got {sr} Hz (read_audio(path, sr={c.sr}))")
-        f = prosody_llds(samples, c)
-        if c.deltas:
-            f = np.concatenate([f, delta_features(f.T, c.delta_width, 1).T], axis=1)
+        with dsp.one_blas_thread():
+            f = prosody_llds(samples, c)
+            if c.deltas:
+                f = np.concatenate([f, delta_features(f.T, c.delta_width, 1).T], axis=1)
         t = np.arange(len(f), dtype=np.float64) * (c.hop_ms / 1000.0)
         return {"data": f.astype(np.float32), "mask": np.ones(len(f), bool), "t": t}
 

@@ -174,3 +174,24 @@ def test_audio_features_start_without_librosa():
             "dims = [get_cached(n).extract(x, 16000)['data'].shape[1] for n in ('logmel', 'mfcc', 'prosody')]\n"
             "print(dims, [m for m in ('librosa', 'scipy.signal', 'numba') if m in sys.modules])\n")
     assert fresh_python(code) == "[64, 39, 26] []"
+
+
+def test_features_do_not_depend_on_the_callers_blas_threads(shared_data):
+    """A Dask worker runs BLAS at one thread, an inline run or a user's call at whatever the
+    process has: the stored features must be the same bits either way (they were not: CI
+    2026-12-04, 47 of 3,900 mfcc values of a tone 4e-7 apart at 2 OpenBLAS threads)."""
+    import os
+
+    from threadpoolctl import threadpool_limits
+
+    t = np.arange(16000 * 3) / 16000
+    tone = (np.round(0.3 * np.sin(2 * np.pi * 280 * t) * 32767) / 32768).astype(np.float32)
+    speech = read_audio(sorted((shared_data / "emodb" / "wav").glob("*.wav"))[0], sr=16000)
+    names = ("logmel", "mfcc", "prosody")
+    for x in (tone, speech):
+        runs = []
+        for n in (1, max(2, os.cpu_count() or 1)):
+            with threadpool_limits(n, user_api="blas"):
+                runs.append({k: get_cached(k).extract(x, 16000)["data"] for k in names})
+        for k in names:
+            np.testing.assert_array_equal(runs[0][k], runs[1][k], err_msg=k)
