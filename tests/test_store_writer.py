@@ -12,7 +12,7 @@ import pytest
 from store import FeatureStore, InputError, make_key, manifest_rows, read_concat, read_video
 from store.reader import read_jsonl
 from store.verify import verify
-from store.writer import CHUNK_KEY_ENCODING, append_jsonl
+from store.writer import CHUNK_KEY_ENCODING, append_jsonl, compressor_for
 
 EXT = "feat"
 
@@ -91,9 +91,13 @@ def test_files_are_byte_for_byte_what_zarr_itself_writes(tmp_path):
     g = zarr.create_group(store=str(tmp_path / "zarr"), zarr_format=3, attributes=attrs)
     for name, a in arrays.items():
         z = g.create_array(name, shape=a.shape, chunks=(chunk,) + a.shape[1:], dtype=a.dtype,
-                           config={"write_empty_chunks": True}, chunk_key_encoding=CHUNK_KEY_ENCODING)
+                           config={"write_empty_chunks": True}, chunk_key_encoding=CHUNK_KEY_ENCODING,
+                           compressors=compressor_for(a.dtype, a.shape[1:]))
         z[:] = a
     assert tree_digest(handle.path / "v") == tree_digest(tmp_path / "zarr")
+    levels = {n: json.loads((handle.path / "v" / n / "zarr.json").read_text())["codecs"][1]["configuration"]["level"]
+              for n in arrays}
+    assert levels == {"data": 0, "mask": 0, "t": 0, "crops": 1, "frame": 0}   # images at zstd 1
     back = zarr.open_group(str(handle.path / "v"), mode="r")
     assert dict(back.attrs) == attrs
     for name, a in arrays.items():
